@@ -2,50 +2,23 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
 
 open_clip = pytest.importorskip("open_clip")
 
+from open_clip_helpers import (  # noqa: E402
+    IMAGE_SIZE,
+    NUM_PATCHES,
+    TINY_CONFIG,
+    images_batch,
+    random_keep,
+    record_token_counts,
+    tiny_clip,
+)
 from pgs_dali.integrations.open_clip import PGSPatchDropout, install_pgs  # noqa: E402
 from pgs_dali.integrations.tokens import gather_tokens, with_keep_indices  # noqa: E402
-
-IMAGE_SIZE = 64
-PATCH_SIZE = 16
-NUM_PATCHES = (IMAGE_SIZE // PATCH_SIZE) ** 2
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": IMAGE_SIZE,
-        "patch_size": PATCH_SIZE,
-        "width": 64,
-        "layers": 2,
-        "head_width": 32,
-        "mlp_ratio": 2.0,
-    },
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
-def _tiny_clip(**vision_overrides) -> nn.Module:
-    torch.manual_seed(0)
-    config = copy.deepcopy(TINY_CONFIG)
-    config["vision_cfg"].update(vision_overrides)
-    return open_clip.CLIP(**config)
-
-
-def _images(batch: int = 3) -> torch.Tensor:
-    return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(1))
-
-
-def _random_keep(batch: int, kept: int, seed: int = 2) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.stack(
-        [torch.randperm(NUM_PATCHES, generator=generator)[:kept].sort().values for _ in range(batch)]
-    )
 
 
 class _FixedGather(nn.Module):
@@ -59,36 +32,28 @@ class _FixedGather(nn.Module):
         return gather_tokens(x, self.keep) if self.training else x
 
 
-def _record_token_counts(model: nn.Module) -> list[int]:
-    counts: list[int] = []
-    model.visual.transformer.resblocks[0].register_forward_pre_hook(
-        lambda module, args: counts.append(args[0].shape[1])
-    )
-    return counts
-
-
 class TestInstall:
     def test_replaces_patch_dropout(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         pgs = install_pgs(model)
         assert model.visual.patch_dropout is pgs
         assert pgs.num_prefix_tokens == 1
 
     def test_replaces_random_patch_dropout(self):
-        model = _tiny_clip(patch_dropout=0.5)
+        model = tiny_clip(patch_dropout=0.5)
         assert type(model.visual.patch_dropout).__name__ == "PatchDropout"
         assert isinstance(install_pgs(model), PGSPatchDropout)
 
     def test_install_twice_returns_same_module(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         assert install_pgs(model) is install_pgs(model)
 
     def test_accepts_vision_tower(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         assert install_pgs(model.visual) is model.visual.patch_dropout
 
     def test_follows_model_mode(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         model.eval()
         assert not install_pgs(model).training
 
@@ -108,66 +73,66 @@ class TestInstall:
                 self.module = module
 
         with pytest.raises(TypeError, match="before wrapping it in DistributedDataParallel"):
-            install_pgs(Wrapper(_tiny_clip()))
+            install_pgs(Wrapper(tiny_clip()))
 
 
 class TestTrainingForward:
     def test_keep_all_matches_plain_model(self):
-        reference = _tiny_clip()
-        model = _tiny_clip()
+        reference = tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         reference.train()
         model.train()
-        images = _images()
+        images = images_batch()
         keep_all = torch.arange(NUM_PATCHES).expand(3, NUM_PATCHES).contiguous()
         expected = reference.encode_image(images)
         result = model.encode_image(with_keep_indices(images, keep_all))
         assert torch.allclose(result, expected, atol=1e-6, rtol=0)
 
     def test_transformer_sees_k_plus_one_tokens(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
-        counts = _record_token_counts(model)
+        counts = record_token_counts(model)
         model.train()
-        model.encode_image(with_keep_indices(_images(), _random_keep(3, 5)))
+        model.encode_image(with_keep_indices(images_batch(), random_keep(3, 5)))
         assert counts == [1 + 5]
 
     def test_gathers_before_ln_pre(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         shapes = []
         model.visual.ln_pre.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
         model.train()
-        model.encode_image(with_keep_indices(_images(), _random_keep(3, 7)))
+        model.encode_image(with_keep_indices(images_batch(), random_keep(3, 7)))
         assert shapes == [(3, 1 + 7, 64)]
 
     def test_matches_reference_gather(self):
-        keep = _random_keep(3, 8)
-        reference = _tiny_clip()
+        keep = random_keep(3, 8)
+        reference = tiny_clip()
         reference.visual.patch_dropout = _FixedGather(keep)
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         reference.train()
         model.train()
-        images = _images()
+        images = images_batch()
         expected = reference.encode_image(images)
         result = model.encode_image(with_keep_indices(images, keep))
         assert torch.allclose(result, expected, atol=1e-6, rtol=0)
 
     def test_mask_changes_features(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         model.train()
-        images = _images()
+        images = images_batch()
         full = model.encode_image(with_keep_indices(images, torch.arange(NUM_PATCHES).expand(3, -1)))
-        masked = model.encode_image(with_keep_indices(images, _random_keep(3, 4)))
+        masked = model.encode_image(with_keep_indices(images, random_keep(3, 4)))
         assert not torch.allclose(full, masked)
 
     def test_backward_reaches_patch_embedding(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         model.train()
-        images = with_keep_indices(_images(), _random_keep(3, 6))
+        images = with_keep_indices(images_batch(), random_keep(3, 6))
         texts = torch.randint(0, 49408, (3, 77))
         image_features, text_features, logit_scale = model(images, texts)
         loss = open_clip.ClipLoss()(image_features, text_features, logit_scale)
@@ -177,34 +142,34 @@ class TestTrainingForward:
 
     def test_to_dtype_keeps_indices(self):
         # open_clip_train calls images.to(device=..., dtype=input_dtype) before the model.
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
-        counts = _record_token_counts(model)
+        counts = record_token_counts(model)
         model.train()
-        images = with_keep_indices(_images().double(), _random_keep(3, 5))
+        images = with_keep_indices(images_batch().double(), random_keep(3, 5))
         model.encode_image(images.to(device="cpu", dtype=torch.float32, non_blocking=True))
         assert counts == [6]
 
     def test_missing_indices_raise(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         model.train()
         with pytest.raises(ValueError, match="training mode but the images carry no keep_indices"):
-            model.encode_image(_images())
+            model.encode_image(images_batch())
 
     def test_state_cleared_after_error(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         pgs = install_pgs(model)
         model.train()
         with pytest.raises(ValueError):
-            model.encode_image(with_keep_indices(_images(), _random_keep(3, NUM_PATCHES - 1) + 1))
+            model.encode_image(with_keep_indices(images_batch(), random_keep(3, NUM_PATCHES - 1) + 1))
         assert pgs.current_keep_indices() is None
 
 
 class TestInvalidIndices:
     @pytest.fixture
     def model(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         model.train()
         return model
@@ -212,63 +177,63 @@ class TestInvalidIndices:
     def test_too_many_kept(self, model):
         keep = torch.arange(NUM_PATCHES + 1).expand(3, -1)
         with pytest.raises(ValueError, match=f"K={NUM_PATCHES + 1} patches but the image has only N={NUM_PATCHES}"):
-            model.encode_image(with_keep_indices(_images(), keep))
+            model.encode_image(with_keep_indices(images_batch(), keep))
 
     def test_out_of_range(self, model):
         keep = torch.tensor([[0, 1], [2, 3], [4, NUM_PATCHES]])
         with pytest.raises(ValueError, match=rf"keep_indices\[2, 1\] = {NUM_PATCHES} is outside"):
-            model.encode_image(with_keep_indices(_images(), keep))
+            model.encode_image(with_keep_indices(images_batch(), keep))
 
     def test_unsorted(self, model):
         keep = torch.tensor([[0, 1], [3, 2], [4, 5]])
         with pytest.raises(ValueError, match=r"row 1 must be strictly ascending"):
-            model.encode_image(with_keep_indices(_images(), keep))
+            model.encode_image(with_keep_indices(images_batch(), keep))
 
     def test_wrong_batch(self, model):
         pgs = model.visual.patch_dropout
         with pytest.raises(ValueError, match="2 rows but the batch has 3 images"):
-            with pgs.use(_random_keep(2, 4)):
-                model.encode_image(_images())
+            with pgs.use(random_keep(2, 4)):
+                model.encode_image(images_batch())
 
 
 class TestEvalMode:
     def test_eval_is_identity(self):
-        reference = _tiny_clip()
-        model = _tiny_clip()
+        reference = tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         reference.eval()
         model.eval()
-        counts = _record_token_counts(model)
-        images = _images()
+        counts = record_token_counts(model)
+        images = images_batch()
         expected = reference.encode_image(images)
         assert torch.allclose(model.encode_image(images), expected, atol=1e-6, rtol=0)
-        masked = with_keep_indices(images, _random_keep(3, 4))
+        masked = with_keep_indices(images, random_keep(3, 4))
         assert torch.allclose(model.encode_image(masked), expected, atol=1e-6, rtol=0)
         assert counts == [1 + NUM_PATCHES, 1 + NUM_PATCHES]
 
 
 class TestUse:
-    def test_use_with_plain_images(self):
-        model = _tiny_clip()
+    def test_use_with_plainimages_batch(self):
+        model = tiny_clip()
         pgs = install_pgs(model)
-        counts = _record_token_counts(model)
+        counts = record_token_counts(model)
         model.train()
-        with pgs.use(_random_keep(3, 9)):
-            model.encode_image(_images())
+        with pgs.use(random_keep(3, 9)):
+            model.encode_image(images_batch())
         assert counts == [10]
         assert pgs.current_keep_indices() is None
 
     def test_carried_indices_take_precedence(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         pgs = install_pgs(model)
-        counts = _record_token_counts(model)
+        counts = record_token_counts(model)
         model.train()
-        with pgs.use(_random_keep(3, 9)):
-            model.encode_image(with_keep_indices(_images(), _random_keep(3, 3)))
+        with pgs.use(random_keep(3, 9)):
+            model.encode_image(with_keep_indices(images_batch(), random_keep(3, 3)))
         assert counts == [4]
 
     def test_use_rejects_non_tensor(self):
-        pgs = install_pgs(_tiny_clip())
+        pgs = install_pgs(tiny_clip())
         with pytest.raises(TypeError, match="got list"):
             with pgs.use([[0, 1]]):
                 pass
@@ -278,12 +243,12 @@ class TestGradientAccumulation:
     """Replays micro-batches the way open_clip_train's train_one_epoch does with --accum-freq."""
 
     def test_replay_uses_each_batch_indices(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
-        counts = _record_token_counts(model)
+        counts = record_token_counts(model)
         model.train()
         batches = [
-            (with_keep_indices(_images(), _random_keep(3, kept, seed=kept)), torch.randint(0, 49408, (3, 77)))
+            (with_keep_indices(images_batch(), random_keep(3, kept, seed=kept)), torch.randint(0, 49408, (3, 77)))
             for kept in (4, 8, 12)
         ]
 
@@ -305,11 +270,11 @@ class TestGradientAccumulation:
             assert torch.allclose(cached, replay, atol=1e-6, rtol=0)
 
     def test_micro_batch_slices_carry_rows(self):
-        model = _tiny_clip()
+        model = tiny_clip()
         install_pgs(model)
         model.train()
-        keep = _random_keep(4, 6)
-        images = with_keep_indices(_images(4), keep)
+        keep = random_keep(4, 6)
+        images = with_keep_indices(images_batch(4), keep)
         whole = model.encode_image(images)
         halves = torch.cat([model.encode_image(part) for part in images.chunk(2)])
         assert torch.allclose(whole, halves, atol=1e-5, rtol=0)
@@ -333,5 +298,5 @@ class TestTimmTower:
         counts = []
         visual.trunk.blocks[0].register_forward_pre_hook(lambda module, args: counts.append(args[0].shape[1]))
         visual.train()
-        visual(with_keep_indices(_images(2), _random_keep(2, 5)))
+        visual(with_keep_indices(images_batch(2), random_keep(2, 5)))
         assert counts == [3 + 5]

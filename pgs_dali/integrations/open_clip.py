@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -259,8 +260,10 @@ class OpenCLIPBatches:
 
     Args:
         loader: a ``pgs_dali.PGSLoader`` (from ``pgs_dali.build_loader``).
-        max_batches: stop each epoch after this many batches; None means the
-            whole epoch.
+        max_batches: batches per epoch; None means one pass over this rank's
+            samples. With a cap below that, each epoch continues with the
+            samples the previous one did not reach, and wraps around into
+            the loader's next pass.
     """
 
     def __init__(self, loader: Any, max_batches: int | None = None) -> None:
@@ -277,8 +280,7 @@ class OpenCLIPBatches:
     @property
     def num_samples(self) -> int:
         """Samples per epoch over all ranks, open_clip_train's meaning of it."""
-        world_size = getattr(self.loader, "world_size", None) or 1
-        return self.num_batches * self.loader.config.batch_size * world_size
+        return self.num_batches * self.loader.config.batch_size * self.loader.world_size
 
     def __len__(self) -> int:
         return self.num_batches
@@ -287,10 +289,29 @@ class OpenCLIPBatches:
         self.loader.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for count, batch in enumerate(self.loader):
-            if self.max_batches is not None and count >= self.max_batches:
-                break
-            yield with_keep_indices(batch["image"], batch["keep_indices"]), batch["text"]
+        if self.max_batches is None:
+            for batch in self.loader:
+                yield self._to_pair(batch)
+            return
+
+        # islice stops before requesting batch max_batches + 1, so no batch is
+        # read and lost: the loader's next iteration continues where this one
+        # stopped. An iteration that starts at the very end of the loader's
+        # pass only closes the pass and yields nothing, so keep going until
+        # max_batches are out, and give up after two empty iterations.
+        remaining = self.num_batches
+        empty_iterations = 0
+        while remaining > 0 and empty_iterations < 2:
+            produced = 0
+            for batch in itertools.islice(self.loader, remaining):
+                produced += 1
+                yield self._to_pair(batch)
+            remaining -= produced
+            empty_iterations = 0 if produced else empty_iterations + 1
+
+    @staticmethod
+    def _to_pair(batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        return with_keep_indices(batch["image"], batch["keep_indices"]), batch["text"]
 
 
 def add_pgs_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -409,7 +430,7 @@ def get_data(
         options["rank"], options["world_size"] = rank, world_size
 
     config = LoaderConfig(
-        data=_split_sources(train_data),
+        data=train_data,
         batch_size=args.batch_size,
         image_size=image_size,
         mask=mask,
@@ -425,7 +446,7 @@ def get_data(
     max_batches = None
     train_num_samples = getattr(args, "train_num_samples", None)
     if train_num_samples:
-        global_batch = config.batch_size * (world_size or 1)
+        global_batch = config.batch_size * loader.world_size
         max_batches = max(1, train_num_samples // global_batch)
         if max_batches > loader.num_batches:
             logger.warning(
@@ -448,14 +469,6 @@ def get_data(
         patch_size,
     )
     return {"train": DataInfo(dataloader=batches, shared_epoch=EpochCounter(epoch))}
-
-
-def _split_sources(train_data: str | Sequence[str]) -> str | list[str]:
-    # open_clip_train separates several data sources with "::".
-    if isinstance(train_data, str):
-        sources = [part for part in train_data.split("::") if part]
-        return sources[0] if len(sources) == 1 else sources
-    return list(train_data)
 
 
 def _loader_device(args: argparse.Namespace) -> str:
