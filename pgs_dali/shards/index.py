@@ -34,6 +34,9 @@ INDEX_VERSION = "v1.2"
 SIDECAR_FORMAT = "pgs_dali index stats"
 SIDECAR_VERSION = 1
 DEFAULT_CACHE_DIR = Path("~/.cache/pgs_dali/index")
+# Reasons recorded for tar members that are not a lost sample: a stray file
+# belongs to no sample, and a sample with a duplicate component is kept.
+NON_SAMPLE_REASONS = frozenset({"stray file", "duplicate component"})
 
 _STRAY_DIRECTORIES = frozenset({"__MACOSX"})
 _STRAY_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -102,6 +105,7 @@ class IndexResult:
             the tar (the members before it are kept), or None.
         tar_error: message of a read error that ended the scan early, or None.
         verified: True when every kept sample passed a full decode check.
+        max_pixels: the pixel limit of that check (None: no limit).
         stats_known: False for an index written by another tool without a
             sidecar; then ``excluded`` is empty because it is unknown.
         index_path: where the index file was written or found, if anywhere.
@@ -115,6 +119,7 @@ class IndexResult:
     truncated_member: str | None = None
     tar_error: str | None = None
     verified: bool = False
+    max_pixels: int | None = None
     stats_known: bool = True
     index_path: str | None = None
 
@@ -135,6 +140,7 @@ class IndexResult:
             "truncated_member": self.truncated_member,
             "tar_error": self.tar_error,
             "verified": self.verified,
+            "max_pixels": self.max_pixels,
         }
 
     @classmethod
@@ -149,6 +155,7 @@ class IndexResult:
             truncated_member=data.get("truncated_member"),
             tar_error=data.get("tar_error"),
             verified=bool(data.get("verified", False)),
+            max_pixels=data.get("max_pixels"),
         )
 
 
@@ -236,9 +243,24 @@ def scan_tar(tar_path: str | os.PathLike) -> tuple[list[TarMember], list[Exclude
                         members.append(TarMember(member.name, member.offset_data, member.size))
                     else:
                         stray.append(ExcludedItem(shard, member.name, "stray file"))
+                end_offset = archive.offset
         except (tarfile.ReadError, EOFError) as error:
             tar_error = str(error) or type(error).__name__
+        else:
+            # tarfile ends the scan silently at a truncated or invalid header
+            # after the first member; only zero padding may follow the end.
+            if truncated_member is None and not _only_zeros(file, end_offset):
+                tar_error = f"truncated or invalid member header at byte {end_offset}"
     return members, stray, truncated_member, tar_error
+
+
+def _only_zeros(file, offset: int) -> bool:
+    """Check that the file contains only zero bytes from ``offset`` to its end."""
+    file.seek(offset)
+    while chunk := file.read(_SCAN_BUFFER_SIZE):
+        if chunk.count(0) != len(chunk):
+            return False
+    return True
 
 
 def group_samples(
@@ -251,18 +273,21 @@ def group_samples(
     The key of ``dir/a.b.jpg`` is the path up to the first dot of the file
     name (``dir/a``, extension ``b.jpg``), the WebDataset rule. When that
     full extension is not requested but the last one is (``jpg``), the file
-    goes to the key before its last dot (``dir/a.b``) instead, unless that
-    sample already has a component of the same requested kind. Unrequested
-    files whose name without its last extension equals such a key join that
-    sample too. Requested extensions match case-insensitively and are
-    written in lower case; other components keep their extension as is.
+    goes to the key before its last dot (``dir/a.b``) instead, unless a
+    sample ``dir/a`` exists, i.e. another file of that key has a requested
+    extension (then ``a.b.jpg`` stays an extra component of ``a``, like a
+    segmentation mask ``a.seg.png``). Unrequested files whose name without
+    its last extension equals a regrouped key join that sample too
+    (``img.001.json`` joins ``img.001``). Requested extensions match
+    case-insensitively and are written in lower case; other components keep
+    their extension as is.
 
     Left out, with a reason: stray files (``__MACOSX/``, ``.DS_Store``,
     ``._*``, hidden or extension-less names), names with whitespace (the
     index format is whitespace-separated), a second component of the same
-    requested kind in one sample (``"duplicate component"``), and samples
-    missing a requested component (``"missing image"``, ``"missing
-    caption"`` or ``"missing <ext>"``).
+    requested kind in one sample (``"duplicate component"``, the first one
+    is kept), and samples missing a requested component (``"missing
+    image"``, ``"missing caption"`` or ``"missing <ext>"``).
 
     Args:
         members: regular files of the tar, in tar order.
@@ -283,79 +308,106 @@ def group_samples(
         [('b', 'missing caption')]
     """
     groups = normalize_extensions(extensions)
-    group_of_extension = {}
+    group_of_extension: dict[str, int] = {}
     for group_index, group in enumerate(groups):
         for alternative in group.split(";"):
             group_of_extension.setdefault(alternative, group_index)
 
     excluded: list[ExcludedItem] = []
-    # key -> {"first": position, "parts": [(position, component)], "groups": set}
-    samples: dict[str, dict] = {}
-    regrouped_keys: set[str] = set()
-    others: list[tuple[int, TarMember, str, str, str]] = []
-
-    def add(key: str, position: int, component: IndexedComponent, group: int | None) -> None:
-        sample = samples.setdefault(key, {"first": position, "parts": [], "groups": set()})
-        sample["first"] = min(sample["first"], position)
-        sample["parts"].append((position, component))
-        if group is not None:
-            sample["groups"].add(group)
-
-    # First pass: requested components, which decide the keys.
+    names: list[_MemberName] = []
     for position, member in enumerate(members):
         reason = _stray_reason(member.name)
-        if reason is not None:
+        if reason is None:
+            names.append(_MemberName.parse(position, member))
+        else:
             excluded.append(ExcludedItem(shard, member.name, reason))
+    real_keys = {n.standard_key for n in names if n.full_extension.lower() in group_of_extension}
+
+    # First pass: files with a requested extension decide the keys.
+    samples: dict[str, _PendingSample] = {}
+    regrouped_keys: set[str] = set()
+    others: list[_MemberName] = []
+    for name in names:
+        full_extension = name.full_extension.lower()
+        last_extension = name.last_extension.lower()
+        if full_extension in group_of_extension:
+            key, extension = name.standard_key, full_extension
+        elif last_extension in group_of_extension and name.standard_key not in real_keys:
+            key, extension = name.short_key, last_extension
+            regrouped_keys.add(key)
+        else:
+            others.append(name)
             continue
+        group = group_of_extension[extension]
+        sample = samples.setdefault(key, _PendingSample())
+        if group in sample.groups:
+            excluded.append(ExcludedItem(shard, name.member.name, "duplicate component"))
+            continue
+        sample.add(name, extension, group)
+
+    # Second pass: other files join their sample, or form one that lacks
+    # the requested components and is left out below.
+    for name in others:
+        if name.short_key in regrouped_keys:
+            samples.setdefault(name.short_key, _PendingSample()).add(name, name.last_extension)
+        else:
+            samples.setdefault(name.standard_key, _PendingSample()).add(name, name.full_extension)
+
+    kept: list[IndexedSample] = []
+    for key, sample in sorted(samples.items(), key=lambda item: item[1].first_position):
+        missing = [group for index, group in enumerate(groups) if index not in sample.groups]
+        if missing:
+            excluded.append(ExcludedItem(shard, key, _missing_reason(missing[0])))
+        else:
+            kept.append(IndexedSample(key, sample.components()))
+    return kept, excluded
+
+
+@dataclasses.dataclass(frozen=True)
+class _MemberName:
+    """A member's name split by the WebDataset rule and by its last dot."""
+
+    position: int
+    member: TarMember
+    standard_key: str
+    full_extension: str
+    short_key: str
+    last_extension: str
+
+    @classmethod
+    def parse(cls, position: int, member: TarMember) -> _MemberName:
         folder, _, base = member.name.rpartition("/")
         prefix = folder + "/" if folder else ""
         first_dot = base.index(".")
         last_dot = base.rindex(".")
-        standard_key = prefix + base[:first_dot]
-        full_extension = base[first_dot + 1 :]
-        last_extension = base[last_dot + 1 :]
+        return cls(
+            position=position,
+            member=member,
+            standard_key=prefix + base[:first_dot],
+            full_extension=base[first_dot + 1 :],
+            short_key=prefix + base[:last_dot],
+            last_extension=base[last_dot + 1 :],
+        )
 
-        if full_extension.lower() in group_of_extension:
-            extension = full_extension.lower()
-            group = group_of_extension[extension]
-            key = standard_key
-        elif last_extension.lower() in group_of_extension:
-            extension = last_extension.lower()
-            group = group_of_extension[extension]
-            key = prefix + base[:last_dot]
-            if key in samples and group in samples[key]["groups"]:
-                # The regrouped sample already has this kind of component:
-                # keep the file under the standard key as an extra component.
-                others.append((position, member, standard_key, full_extension, key))
-                continue
-            regrouped_keys.add(key)
-        else:
-            others.append((position, member, standard_key, full_extension, prefix + base[:last_dot]))
-            continue
 
-        if key in samples and group in samples[key]["groups"]:
-            excluded.append(ExcludedItem(shard, member.name, "duplicate component"))
-            continue
-        add(key, position, IndexedComponent(extension, member.offset, member.size, member.name), group)
+class _PendingSample:
+    """Components collected for one key while grouping."""
 
-    # Second pass: other components join their sample (or form one, which
-    # then lacks the requested components and is excluded below).
-    for position, member, standard_key, full_extension, short_key in others:
-        if short_key in regrouped_keys and short_key != standard_key:
-            extension = member.name.rpartition(".")[2]
-            add(short_key, position, IndexedComponent(extension, member.offset, member.size, member.name), None)
-        else:
-            add(standard_key, position, IndexedComponent(full_extension, member.offset, member.size, member.name), None)
+    def __init__(self) -> None:
+        self.first_position: int | None = None
+        self.groups: set[int] = set()
+        self._parts: list[tuple[int, IndexedComponent]] = []
 
-    kept: list[IndexedSample] = []
-    for key, sample in sorted(samples.items(), key=lambda item: item[1]["first"]):
-        missing = [groups[g] for g in range(len(groups)) if g not in sample["groups"]]
-        if missing:
-            excluded.append(ExcludedItem(shard, key, _missing_reason(missing[0])))
-            continue
-        components = tuple(component for _, component in sorted(sample["parts"], key=lambda part: part[0]))
-        kept.append(IndexedSample(key, components))
-    return kept, excluded
+    def add(self, name: _MemberName, extension: str, group: int | None = None) -> None:
+        member = name.member
+        self._parts.append((name.position, IndexedComponent(extension, member.offset, member.size, member.name)))
+        if self.first_position is None or name.position < self.first_position:
+            self.first_position = name.position
+        if group is not None:
+            self.groups.add(group)
+
+    def components(self) -> tuple[IndexedComponent, ...]:
+        return tuple(component for _, component in sorted(self._parts, key=lambda part: part[0]))
 
 
 def _stray_reason(name: str) -> str | None:
@@ -432,7 +484,7 @@ def build_index(
         excluded.append(ExcludedItem(shard, "", f"tar read error: {tar_error}"))
         logger.warning("shard %s: read error after %d members: %s", shard, len(members), tar_error)
     if not samples:
-        logger.warning("shard %s holds no usable samples", shard)
+        logger.warning("shard %s contains no usable samples", shard)
 
     return IndexResult(
         shard=shard,
@@ -508,7 +560,7 @@ def write_index(result: IndexResult, index_path: str | os.PathLike) -> Path:
         OSError: if the folder is not writable.
     """
     if result.samples is None:
-        raise ValueError(f"result for {result.shard!r} holds no samples to write")
+        raise ValueError(f"result for {result.shard!r} contains no samples to write")
     index_path = Path(index_path)
     stat = os.stat(result.shard)
     sidecar = {
@@ -627,13 +679,26 @@ def ensure_index(
 
     logger.info("building index for %s", tar_path)
     result = build_index(tar_path, extensions)
+    return store_index(result, cache_dir), result
+
+
+def store_index(result: IndexResult, cache_dir: str | os.PathLike | None = None) -> str:
+    """Write an index next to its shard, or into the cache folder if that fails.
+
+    Returns:
+        The path written.
+
+    Raises:
+        OSError: if neither folder is writable.
+    """
+    local_path = default_index_path(result.shard)
     try:
-        index_path = write_index(result, local_path)
+        return os.fspath(write_index(result, local_path))
     except OSError as error:
+        cache_path = cached_index_path(result.shard, cache_dir)
         logger.info("cannot write %s (%s); using cache folder %s", local_path, error, cache_path.parent)
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        index_path = write_index(result, cache_path)
-    return os.fspath(index_path), result
+        return os.fspath(write_index(result, cache_path))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -37,7 +37,7 @@ class ShardWriter:
     Args:
         output_dir: folder for the shards; created if missing. Existing files
             with the same names are overwritten.
-        samples_per_shard: samples per tar; the last shard may hold fewer.
+        samples_per_shard: samples per tar; the last shard may contain fewer.
         prefix: file name prefix of the shards.
         extensions: required components of the index, see
             :func:`pgs_dali.shards.index.build_index`. A written sample that
