@@ -388,3 +388,13 @@ def test_index_command_errors(tmp_path, capsys):
     assert "no shard matches" in capsys.readouterr().err
     assert _cli("index", "--max-pixels", "-1", str(tmp_path)) == 2
     assert "--max-pixels" in capsys.readouterr().err
+
+
+def test_entry_point_runs_index(tmp_path, capsys):
+    from pgs_dali.cli import main
+
+    with ShardWriter(tmp_path) as writer:
+        writer.write("a", {"jpg": _image("JPEG", 1), "txt": "one"})
+
+    assert main(["index", "--force", writer.paths[0]]) == 0
+    assert "Indexed 1 shard(s): 1 samples kept" in capsys.readouterr().out

@@ -18,6 +18,7 @@ from pgs_dali.shards.index import (
 )
 from pgs_dali.shards.paths import expand_shard_paths
 from pgs_dali.shards.validate import DEFAULT_MAX_PIXELS, check_image, decode_check
+from pgs_dali.shards.verify import ShardReport, verify_shards
 from pgs_dali.shards.writer import ShardWriter
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "ExcludedItem",
     "IndexResult",
+    "ShardReport",
     "ShardWriter",
     "build_index",
     "check_image",
@@ -32,4 +34,5 @@ __all__ = [
     "ensure_index",
     "expand_shard_paths",
     "read_index",
+    "verify_shards",
 ]

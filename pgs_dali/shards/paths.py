@@ -14,12 +14,12 @@ _GLOB_CHARACTERS = frozenset("*?[")
 def expand_shard_paths(data: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Expand a shard specification into a de-duplicated list of paths.
 
-    Each pattern is expanded in three steps: a ``::``-joined string is split
-    into its parts (the open_clip convention), brace notation is expanded
-    (``shard-{000000..000009}.tar``), and every part that contains ``*``,
-    ``?`` or ``[`` is matched as a glob, whose matches are sorted. Paths
-    keep the order in which they were given, and a path that occurs twice is
-    kept only the first time.
+    Each pattern is expanded in three steps. A ``::``-joined string is split
+    into its parts (the open_clip convention). Brace notation is expanded
+    (``shard-{000000..000009}.tar``). Every part that contains ``*``, ``?``
+    or ``[`` is matched as a glob, and its matches are sorted. Paths keep
+    the order in which they were given, and a path that occurs twice is kept
+    only the first time.
 
     Args:
         data: one pattern (str or path-like), or a list or tuple of them.
