@@ -1,0 +1,113 @@
+"""Benchmark the mask op alone: every strategy and the released-code style.
+
+Usage: python benchmarks/bench_mask_op.py [--device cpu] [--repeats 3] [--quick]
+
+Two sweeps on coco-mini crops: batch size 32..512 at 224 px, and image size
+160..336 px at batch 64. At each point the strategies and the
+released-code-style op (pgs_dali.baselines) run on the same batch, in rounds
+that alternate their order; each run is the median of several calls. Writes
+benchmarks/results/mask_op_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import torch
+
+from bench_common import coco_photo_batch, time_call, write_result
+
+STRATEGIES = ("pgs", "random", "gaussian", "cluster", "grid", "block")
+RELEASED = "released"
+BATCH_SIZES = (32, 64, 128, 256, 512)
+IMAGE_SIZES = (160, 224, 288, 336)
+
+
+def mask_op(strategy: str, images: torch.Tensor, keys: list[str], mask_ratio: float):
+    """Return a no-argument callable that computes one batch of masks."""
+    from pgs_dali.baselines import released_style_keep_indices
+    from pgs_dali.masking import keep_indices, sample_key_ids
+    from pgs_dali.masking.config import MaskConfig
+
+    if strategy == RELEASED:
+        generator = torch.Generator(device=images.device).manual_seed(0)
+        return lambda: released_style_keep_indices(images, mask_ratio, generator=generator)
+    config = MaskConfig(strategy=strategy, mask_ratio=mask_ratio)
+    key_ids = sample_key_ids(keys).to(images.device)
+    return lambda: keep_indices(images, config, keys=key_ids)
+
+
+def measure_point(
+    sweep: str, batch_size: int, image_size: int, device: str, repeats: int, mask_ratio: float
+) -> list[dict]:
+    """Time every strategy and the released style at one (batch, size) point."""
+    from pgs_dali.cli.bench import interleaved_runs
+
+    images, keys = coco_photo_batch(batch_size, image_size)
+    images = images.to(device)
+    cases = list(STRATEGIES) + [RELEASED]
+    calls = {case: mask_op(case, images, keys, mask_ratio) for case in cases}
+    runs = interleaved_runs(cases, lambda case: time_call(calls[case]), repeats)
+    rows = []
+    for case, seconds in runs.items():
+        median = statistics.median(seconds)
+        rows.append(
+            {
+                "sweep": sweep,
+                "strategy": case,
+                "batch_size": batch_size,
+                "image_size": image_size,
+                "device": device,
+                "mask_ratio": mask_ratio,
+                "ms_per_batch": round(1000 * median, 3),
+                "images_per_s": round(batch_size / median, 1),
+                "ms_runs": [round(1000 * s, 3) for s in seconds],
+            }
+        )
+    by_case = {row["strategy"]: row for row in rows}
+    ratio = by_case[RELEASED]["ms_per_batch"] / by_case["pgs"]["ms_per_batch"]
+    for row in rows:
+        row["released_over_pgs"] = round(ratio, 2)
+    print(
+        f"{sweep:>5} B={batch_size:<4} S={image_size:<4} "
+        + " ".join(f"{row['strategy']}={row['ms_per_batch']:.1f}ms" for row in rows)
+        + f"  released/pgs={ratio:.1f}x",
+        flush=True,
+    )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds per point (default: 3)")
+    parser.add_argument("--mask-ratio", type=float, default=0.5, help="mask ratio (default: 0.5)")
+    parser.add_argument("--quick", action="store_true", help="two small points only, for a smoke test")
+    parser.add_argument("--name", default=None, help="result file name (default: mask_op_<device>)")
+    args = parser.parse_args(argv)
+
+    batch_sizes, image_sizes = (BATCH_SIZES, IMAGE_SIZES) if not args.quick else ((32,), (160,))
+    rows = []
+    with torch.inference_mode():
+        for batch_size in batch_sizes:
+            rows += measure_point("batch", batch_size, 224, args.device, args.repeats, args.mask_ratio)
+        for image_size in image_sizes:
+            rows += measure_point("size", 64, image_size, args.device, args.repeats, args.mask_ratio)
+
+    name = args.name or f"mask_op_{args.device.split(':')[0]}"
+    path = write_result(
+        name,
+        {
+            "command": "python benchmarks/bench_mask_op.py " + " ".join(argv or sys.argv[1:]),
+            "repeats": args.repeats,
+            "rows": rows,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
