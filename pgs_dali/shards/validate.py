@@ -143,10 +143,9 @@ def check_image(data: bytes | bytearray | memoryview, max_pixels: int | None = D
         size = _header_size(image_format, data)
     except _CorruptHeader:
         return "corrupt header"
-    if size is not None:
-        reason = _pixel_reason(size, max_pixels)
-        if reason is not None:
-            return reason
+    reason = _pixel_reason(size, max_pixels)
+    if reason is not None:
+        return reason
 
     if image_format == "webp" and not _webp_complete(data):
         # Pillow cannot even open a partial WebP, so there is nothing to confirm.
@@ -156,10 +155,6 @@ def check_image(data: bytes | bytearray | memoryview, max_pixels: int | None = D
         image = _open(data, image_format, size)
     except _PIL_ERRORS:
         return "corrupt header"
-    if size is None:
-        reason = _pixel_reason(image.size, max_pixels)
-        if reason is not None:
-            return reason
 
     if image_format == "png":
         # Pillow decodes a PNG that lacks its IEND chunk, but DALI's PNG
@@ -201,11 +196,7 @@ def decode_check(data: bytes | bytearray | memoryview, max_pixels: int | None = 
         image = _open(data, image_format, _header_size(image_format, data))
     except (_PIL_ERRORS, _CorruptHeader):
         return "corrupt header"
-    with warnings.catch_warnings():
-        # Pillow warns about odd metadata (corrupt EXIF, palette
-        # transparency); only failures matter here.
-        warnings.simplefilter("ignore")
-        return _decode_reason(image, image_format, draft=False)
+    return _decode_reason(image, image_format, draft=False)
 
 
 def reason_category(reason: str) -> str:
@@ -248,24 +239,22 @@ def _pixel_reason(size: tuple[int, int], max_pixels: int | None) -> str | None:
     return None
 
 
-def _open(data: bytes, image_format: str, size: tuple[int, int] | None) -> Image.Image:
-    """Open with Pillow, without its decompression-bomb warning for known sizes."""
+def _open(data: bytes, image_format: str, size: tuple[int, int]) -> Image.Image:
+    """Open with Pillow, even past its decompression-bomb limit when ``max_pixels`` allowed the size."""
     stream = io.BytesIO(data)
     formats = [_PIL_FORMAT[image_format]]
-    if size is not None and size[0] * size[1] <= Image.MAX_IMAGE_PIXELS:
+    if size[0] * size[1] <= Image.MAX_IMAGE_PIXELS:
         return Image.open(stream, formats=formats)
-    # Only reached for sizes past Pillow's limit (max_pixels None or above
-    # it) or formats whose size is read by Pillow itself.
+    # NOTE: only reached when max_pixels is None or above Pillow's limit.
+    # catch_warnings changes process-wide state and is not thread-safe.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             return Image.open(stream, formats=formats)
         except Image.DecompressionBombError:
-            if size is None:
-                raise
             previous = Image.MAX_IMAGE_PIXELS
-            # NOTE: lifts Pillow's global limit for this call only; the caller
-            # already accepted this size through max_pixels.
+            # Lift Pillow's global limit for this call only, because the
+            # caller accepted this size through max_pixels.
             Image.MAX_IMAGE_PIXELS = None
             try:
                 return Image.open(io.BytesIO(data), formats=formats)
@@ -337,8 +326,8 @@ def _tiff_complete(image: Image.Image, data_size: int) -> bool:
     return True
 
 
-def _header_size(image_format: str, data: bytes) -> tuple[int, int] | None:
-    """Return (width, height) from the header, or None where Pillow must read it.
+def _header_size(image_format: str, data: bytes) -> tuple[int, int]:
+    """Return (width, height) from the header.
 
     Raises:
         _CorruptHeader: if the header is malformed.
@@ -355,7 +344,7 @@ def _header_size(image_format: str, data: bytes) -> tuple[int, int] | None:
         elif image_format == "bmp":
             size = _bmp_size(data)
         else:
-            return None
+            size = _tiff_size(data)
     except (struct.error, IndexError) as error:
         raise _CorruptHeader(f"header too short: {error}") from error
     if size[0] <= 0 or size[1] <= 0:
@@ -426,3 +415,25 @@ def _bmp_size(data: bytes) -> tuple[int, int]:
         width, height = struct.unpack_from("<ii", data, 18)
         return width, abs(height)
     raise _CorruptHeader(f"unknown BMP header size {header_size}")
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    """Read ImageWidth (tag 256) and ImageLength (tag 257) from the first IFD."""
+    byte_order = "<" if data[:2] == b"II" else ">"
+    (ifd_offset,) = struct.unpack_from(byte_order + "I", data, 4)
+    (entry_count,) = struct.unpack_from(byte_order + "H", data, ifd_offset)
+    found: dict[int, int] = {}
+    for entry in range(entry_count):
+        position = ifd_offset + 2 + 12 * entry
+        tag, field_type = struct.unpack_from(byte_order + "HH", data, position)
+        if tag not in (256, 257):
+            continue
+        if field_type == 3:  # SHORT
+            (found[tag],) = struct.unpack_from(byte_order + "H", data, position + 8)
+        elif field_type == 4:  # LONG
+            (found[tag],) = struct.unpack_from(byte_order + "I", data, position + 8)
+        else:
+            raise _CorruptHeader(f"TIFF size tag {tag} has field type {field_type}")
+    if 256 not in found or 257 not in found:
+        raise _CorruptHeader("TIFF first IFD has no image size")
+    return found[256], found[257]

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,11 +258,16 @@ def verify_shards(
             on_done(result)
         return result
 
-    if workers == 1:
-        results = [run(path) for path in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as executor:
-            results = list(executor.map(run, paths))
+    # Pillow warns about odd metadata (corrupt EXIF, palette transparency),
+    # but only failures matter here. The filter is process-wide, so it is
+    # set once in this thread and also covers the worker threads.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if workers == 1:
+            results = [run(path) for path in paths]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as executor:
+                results = list(executor.map(run, paths))
     return ShardReport(results, verified=True, max_pixels=max_pixels)
 
 
