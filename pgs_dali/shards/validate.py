@@ -14,7 +14,7 @@ Reasons returned (the text before `` (`` or ``:`` is the category, see
 :func:`reason_category`):
 
 - ``"empty image file"``
-- ``"unknown image format"``: the magic bytes are none of JPEG, PNG, WebP,
+- ``"unknown image format"``: the magic bytes match none of JPEG, PNG, WebP,
   BMP, TIFF.
 - ``"unsupported image format (GIF)"``: a format DALI 2.4 cannot decode.
 - ``"corrupt header"``: the header is malformed or Pillow cannot open it.
