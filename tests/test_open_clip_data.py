@@ -102,6 +102,32 @@ class TestGetData:
         assert images.shape[-2:] == (48, 48)
         assert images.keep_indices.shape == (4, 9 - round(9 * 0.5))
 
+    def test_normalization_from_model(self, shards):
+        model = tiny_clip()
+        open_clip.model.set_model_preprocess_cfg(
+            model, {"size": IMAGE_SIZE, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+        )
+        config = get_data(make_args(shards), model=model)["train"].dataloader.loader.config
+        assert config.mean == (0.5, 0.5, 0.5)
+        assert config.std == (0.25, 0.25, 0.25)
+
+    def test_normalization_from_preprocess(self, shards):
+        import torchvision.transforms as transforms
+
+        preprocess = transforms.Compose(
+            [transforms.RandomResizedCrop(32), transforms.ToTensor(), transforms.Normalize((0.1, 0.2, 0.3), (1, 2, 3))]
+        )
+        config = get_data(make_args(shards), preprocess_fns=(preprocess, preprocess))["train"].dataloader.loader.config
+        assert config.mean == (0.1, 0.2, 0.3)
+        assert config.std == (1.0, 2.0, 3.0)
+
+    def test_default_normalization_is_clip(self, shards):
+        from pgs_dali.loader import CLIP_MEAN, CLIP_STD
+
+        config = get_data(make_args(shards), model=tiny_clip())["train"].dataloader.loader.config
+        assert config.mean == CLIP_MEAN
+        assert config.std == CLIP_STD
+
     def test_train_num_samples_caps_batches(self, shards):
         data = get_data(make_args(shards, train_num_samples=8), model=tiny_clip())
         dataloader = data["train"].dataloader

@@ -300,3 +300,18 @@ class TestTimmTower:
         visual.train()
         visual(with_keep_indices(images_batch(2), random_keep(2, 5)))
         assert counts == [3 + 5]
+
+    def test_bare_timm_vit(self):
+        timm = pytest.importorskip("timm")
+
+        torch.manual_seed(0)
+        vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, depth=1, num_classes=0)
+        pgs = install_pgs(vit)
+        assert vit.patch_drop is pgs
+        assert pgs.num_prefix_tokens == 1
+
+        counts = []
+        vit.blocks[0].register_forward_pre_hook(lambda module, args: counts.append(args[0].shape[1]))
+        vit.train()
+        vit(with_keep_indices(images_batch(2), random_keep(2, 7)))
+        assert counts == [1 + 7]

@@ -3,11 +3,11 @@
 Two pieces connect pgs_dali to an open_clip training run:
 
 1. :func:`install_pgs` replaces ``model.visual.patch_dropout`` (open_clip's
-   ``VisionTransformer``) or ``model.visual.trunk.patch_drop`` (a timm
-   ViT inside open_clip's ``TimmModel``) with :class:`PGSPatchDropout`. Both
-   modules sit after the positional embedding and before the pre-transformer
-   norm (``ln_pre`` or ``norm_pre``), so the transformer blocks see only the
-   prefix tokens and the K kept patch tokens.
+   ``VisionTransformer``) or the ``patch_drop`` of a timm ViT (alone or as
+   the trunk of open_clip's ``TimmModel``) with :class:`PGSPatchDropout`.
+   Both slots sit after the positional embedding and before the
+   pre-transformer norm (``ln_pre`` or ``norm_pre``), so the transformer
+   blocks get only the prefix tokens and the K kept patch tokens.
 2. :func:`get_data` builds the pgs_dali loader from open_clip_train's
    ``args`` and returns ``{"train": DataInfo(...)}``. Its dataloader yields
    ``(images, texts)`` like open_clip_train's own loaders.
@@ -24,6 +24,10 @@ the loader produced" would be wrong during that replay.
 
 For hand-written loops that pass plain tensors, :meth:`PGSPatchDropout.use`
 sets the indices for the calls inside a ``with`` block.
+
+NOTE: not tried with ``torch.compile`` (open_clip_train's
+``--torchcompile``). The forward hooks and the tensor subclass may cause
+graph breaks or recompiles there.
 """
 
 from __future__ import annotations
@@ -146,13 +150,13 @@ def install_pgs(model: nn.Module) -> PGSPatchDropout:
     Installing twice returns the module installed first.
 
     Supported vision towers: open_clip's ``VisionTransformer`` (its
-    ``patch_dropout``) and open_clip's ``TimmModel`` around a timm
-    ``VisionTransformer`` (its ``trunk.patch_drop``). A configured random
+    ``patch_dropout``) and a timm ``VisionTransformer`` (its ``patch_drop``),
+    alone or as the trunk of open_clip's ``TimmModel``. A configured random
     patch dropout is replaced, because the PGS mask already drops patches.
 
     Args:
         model: an open_clip ``CLIP`` / ``CustomTextCLIP`` (anything with a
-            ``.visual``), or the vision tower itself.
+            ``.visual``), or the vision tower itself, such as a timm ViT.
 
     Returns:
         The installed module; use it for :meth:`PGSPatchDropout.use`.
@@ -197,15 +201,17 @@ def _find_patch_dropout(visual: nn.Module) -> tuple[nn.Module, str, int]:
         num_prefix = visual.positional_embedding.shape[0] - grid_height * grid_width
         return visual, "patch_dropout", num_prefix
 
-    trunk = getattr(visual, "trunk", None)
-    if trunk is not None and hasattr(trunk, "patch_drop") and hasattr(trunk, "num_prefix_tokens"):
-        return trunk, "patch_drop", int(trunk.num_prefix_tokens)
+    # timm VisionTransformer, alone or as the trunk of open_clip's TimmModel:
+    # num_prefix_tokens counts the class token and the register tokens.
+    for candidate in (visual, getattr(visual, "trunk", None)):
+        if hasattr(candidate, "patch_drop") and hasattr(candidate, "num_prefix_tokens"):
+            return candidate, "patch_drop", int(candidate.num_prefix_tokens)
 
     raise TypeError(
         f"install_pgs needs a ViT vision tower with a patch-dropout slot, got "
         f"{type(visual).__name__}: expected open_clip's VisionTransformer "
-        "(attribute patch_dropout) or a timm VisionTransformer inside TimmModel "
-        "(attribute trunk.patch_drop); ResNet towers cannot drop patch tokens"
+        "(attribute patch_dropout) or a timm VisionTransformer, alone or inside "
+        "TimmModel (attribute patch_drop). ResNet towers cannot drop patch tokens"
     )
 
 
@@ -384,15 +390,20 @@ def get_data(
 
     Args:
         args: the trainer's parsed arguments.
-        preprocess_fns: accepted for open_clip_train's call signature and not
-            used: DALI crops, flips and normalizes (CLIP mean and std). The
-            crop size is taken from the first transform when it has a
-            ``size`` and ``--pgs-image-size`` is not given.
+        preprocess_fns: open_clip_train's (train, val) transforms. They are
+            not run, because DALI crops, flips and normalizes. The crop size
+            comes from the first train transform with a ``size`` when
+            neither ``--pgs-image-size`` nor ``model`` gives one. The mean
+            and std come from a ``Normalize`` transform when ``model`` has
+            none.
         epoch: the first epoch.
         tokenizer: callable list[str] -> (B, T) int64; None uses the
             loader's default (open_clip's ViT-B-32 tokenizer).
-        model: the open_clip model; when given, the patch size and image
-            size default to its vision tower's.
+        model: the open_clip model. When given, the patch size, the image
+            size and the normalization mean and std default to its vision
+            tower's (open_clip sets ``image_mean`` and ``image_std`` from the
+            model's preprocessing config). Without model or Normalize
+            transform the loader uses CLIP's mean and std.
 
     Returns:
         ``{"train": DataInfo}``.
@@ -409,7 +420,10 @@ def get_data(
     if getattr(args, "dataset_resampled", False):
         logger.warning("--dataset-resampled is ignored: the pgs_dali loader reads each epoch once")
     if preprocess_fns is not None:
-        logger.info("preprocess_fns are not used: DALI crops, flips and normalizes the images")
+        logger.info(
+            "preprocess_fns are not run: DALI crops, flips and normalizes the images "
+            "(only their crop size and Normalize mean/std are read)"
+        )
 
     patch_size, image_size = _model_sizes(args, preprocess_fns, model)
     mask = MaskConfig(
@@ -422,6 +436,9 @@ def get_data(
     shuffle_buffer = getattr(args, "pgs_shuffle_buffer", None)
     if shuffle_buffer is not None:
         options["shuffle_buffer"] = shuffle_buffer
+    normalization = _normalization(preprocess_fns, model)
+    if normalization is not None:
+        options["mean"], options["std"] = normalization
     if tokenizer is not None:
         options["tokenizer"] = tokenizer
     world_size = getattr(args, "world_size", None)
@@ -502,6 +519,23 @@ def _model_sizes(
         image_size = _square("image size", size)
 
     return patch_size or 16, image_size or 224
+
+
+def _normalization(
+    preprocess_fns: Sequence[Callable] | None, model: nn.Module | None
+) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """Return (mean, std) from the model, then a Normalize transform, else None."""
+    visual = getattr(model, "visual", model) if model is not None else None
+    mean = getattr(visual, "image_mean", None)
+    std = getattr(visual, "image_std", None)
+    if mean is not None and std is not None:
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    transforms = getattr(preprocess_fns[0], "transforms", None) if preprocess_fns else None
+    for transform in transforms or ():
+        if type(transform).__name__ == "Normalize":
+            return tuple(float(v) for v in transform.mean), tuple(float(v) for v in transform.std)
+    return None
 
 
 def _square(name: str, size: Any) -> int | None:
