@@ -40,6 +40,7 @@ from pgs_dali.pipeline import (
     build_pipeline,
     parse_source_info,
 )
+from pgs_dali.shards.validate import reason_category
 from pgs_dali.tokenizer import open_clip_tokenizer, tokenize
 
 logger = logging.getLogger(__name__)
@@ -632,17 +633,6 @@ def _copy_stats(stats: dict[str, Any]) -> dict[str, Any]:
     copied["skipped"] = Counter(stats["skipped"])
     copied["skipped_samples"] = list(stats["skipped_samples"])
     return copied
-
-
-def reason_category(reason: str) -> str:
-    """Return the fixed part of a skip reason, used to count skips by kind.
-
-    >>> reason_category("too many pixels (20000 x 14000 > 67108864)")
-    'too many pixels'
-    >>> reason_category("decode failed: image file is truncated")
-    'decode failed'
-    """
-    return reason.split(":")[0].split("(")[0].strip()
 
 
 def _rank_share(total: int, rank: int, world_size: int) -> int:

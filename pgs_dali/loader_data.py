@@ -8,16 +8,17 @@ import os
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from pgs_dali.shards.index import ensure_index
+from pgs_dali.shards.index import NON_SAMPLE_REASONS, ensure_index
 from pgs_dali.shards.paths import expand_shard_paths
+from pgs_dali.shards.validate import reason_category
 
 if TYPE_CHECKING:
     from pgs_dali.loader import LoaderConfig
 
 logger = logging.getLogger(__name__)
 
-# Reasons for leaving out things that are not samples; they never raise.
-_NOT_SAMPLES = {"stray file", "empty shard"}
+# Exclusions that do not drop a sample; they never raise.
+_NOT_SAMPLES = NON_SAMPLE_REASONS | {"empty shard"}
 
 
 @dataclasses.dataclass
@@ -42,7 +43,7 @@ def prepare_shards(config: LoaderConfig) -> ShardSet:
     the index left out (missing caption, truncated member, ...) are counted;
     with ``"raise"`` they raise FileNotFoundError or BadSampleError.
     """
-    from pgs_dali.loader import BadSampleError, reason_category
+    from pgs_dali.loader import BadSampleError
 
     paths, missing = _expand(config.data, config.on_error)
     excluded: list[dict[str, str]] = [
