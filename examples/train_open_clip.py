@@ -75,34 +75,24 @@ def small_clip_config(image_size: int, patch_size: int, width: int, layers: int)
 
 
 def write_coco_shards(output_dir: Path, source: Path = COCO_MINI, samples_per_shard: int = 20) -> str:
-    """Write one WebDataset sample per coco-mini photo and return a glob of the shards."""
-    from pgs_dali.shards import ShardWriter
+    """Write coco-mini as shards, as ``pgs-dali make-shards`` does, and return their glob.
+
+    Each photo becomes one sample with its first caption.
+    """
+    from pgs_dali.shards.convert import coco_samples, write_shards
 
     captions_file = source / "annotations" / "captions_train2017.json"
     if not captions_file.is_file():
         raise FileNotFoundError(
             f"coco-mini captions not found at {captions_file}; pass --data with your own shards"
         )
-    annotations = json.loads(captions_file.read_text())
-    first_caption: dict[int, str] = {}
-    for entry in annotations["annotations"]:
-        first_caption.setdefault(entry["image_id"], entry["caption"].strip())
-
-    with ShardWriter(output_dir, samples_per_shard=samples_per_shard, prefix="coco-") as writer:
-        for image in sorted(annotations["images"], key=lambda item: item["id"]):
-            caption = first_caption.get(image["id"])
-            if caption is None:
-                continue
-            meta = {"id": image["id"], "width": image["width"], "height": image["height"]}
-            writer.write(
-                f"{image['id']:012d}",
-                {
-                    "jpg": (source / "images" / image["file_name"]).read_bytes(),
-                    "txt": caption,
-                    "json": json.dumps(meta),
-                },
-            )
-    logger.info("wrote %d samples in %d shards to %s", writer.num_samples, len(writer.paths), output_dir)
+    summary = write_shards(
+        coco_samples(captions_file, source / "images"), output_dir, samples_per_shard, prefix="coco-"
+    )
+    logger.info(
+        "wrote %d samples in %d shards to %s, skipped %d",
+        summary.samples, len(summary.shards), output_dir, sum(summary.skipped.values()),
+    )
     return str(output_dir / "coco-*.tar")
 
 
