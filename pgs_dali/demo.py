@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -38,11 +39,23 @@ def _skimage_data_dir() -> Path:
     return Path(skimage.data.__file__).parent
 
 
+def _as_jpeg(path: Path) -> bytes:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB" if image.mode not in ("L", "RGB") else image.mode).save(
+            buffer, format="JPEG", quality=90
+        )
+    return buffer.getvalue()
+
+
 def write_demo_shards(output_dir: str | os.PathLike, samples_per_shard: int = 20) -> list[str]:
     """Write the demo photos as WebDataset shards with index files.
 
-    The photos are stored as their original PNG/JPEG bytes; the immunohisto-
-    chemistry photo is named ``ihc.png`` in recent scikit-image releases.
+    The photos are re-encoded as JPEG (quality 90), the format most
+    image-caption data sets use. The immunohistochemistry photo is named
+    ``ihc.png`` in recent scikit-image releases.
 
     Returns:
         The shard paths.
@@ -59,12 +72,11 @@ def write_demo_shards(output_dir: str | os.PathLike, samples_per_shard: int = 20
                     path = data_dir / "ihc.png"
                 if not path.exists():
                     continue
-                extension = path.suffix.lstrip(".").lower()
                 meta = {"source": f"skimage.data/{path.name}", "caption": caption, "copy": copy}
                 writer.write(
                     f"{copy:02d}{number:04d}",
                     {
-                        extension: path.read_bytes(),
+                        "jpg": _as_jpeg(path),
                         "txt": caption.encode("utf-8"),
                         "json": json.dumps(meta).encode("utf-8"),
                     },

@@ -58,32 +58,40 @@ def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float
 def preview_grid(
     rows: Sequence[Sequence[np.ndarray]],
     column_titles: Sequence[str] | None = None,
-    row_titles: Sequence[str] | None = None,
+    tile_labels: Sequence[Sequence[str]] | None = None,
     padding: int = 4,
 ) -> Image.Image:
-    """Tile equally sized (H, W, 3) uint8 images into one picture with labels."""
+    """Tile equally sized (H, W, 3) uint8 images into one picture.
+
+    Args:
+        rows: images per row.
+        column_titles: text above each column.
+        tile_labels: text drawn in the top-left corner of each image, per row.
+        padding: pixels between tiles.
+    """
     if not rows or not rows[0]:
         raise ValueError("preview_grid needs at least one image")
     height, width = rows[0][0].shape[:2]
     top = _LABEL_HEIGHT if column_titles else 0
-    left = 0
     columns = max(len(row) for row in rows)
     canvas = Image.new(
         "RGB",
-        (left + columns * (width + padding) + padding, top + len(rows) * (height + padding + (_LABEL_HEIGHT if row_titles else 0)) + padding),
+        (columns * (width + padding) + padding, top + len(rows) * (height + padding) + padding),
         (255, 255, 255),
     )
     draw = ImageDraw.Draw(canvas)
     for column, title in enumerate(column_titles or []):
-        draw.text((left + padding + column * (width + padding), 3), title, fill=(0, 0, 0))
-    y = top + padding
+        draw.text((padding + column * (width + padding), 3), title, fill=(0, 0, 0))
     for row_index, row in enumerate(rows):
-        if row_titles:
-            draw.text((padding, y + 2), row_titles[row_index][:60], fill=(60, 60, 60))
-            y += _LABEL_HEIGHT
+        y = top + padding + row_index * (height + padding)
         for column, image in enumerate(row):
-            canvas.paste(Image.fromarray(image), (left + padding + column * (width + padding), y))
-        y += height + padding
+            x = padding + column * (width + padding)
+            canvas.paste(Image.fromarray(image), (x, y))
+            if tile_labels and tile_labels[row_index][column]:
+                label = tile_labels[row_index][column]
+                box = draw.textbbox((x + 3, y + 2), label)
+                draw.rectangle((box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1), fill=(0, 0, 0))
+                draw.text((x + 3, y + 2), label, fill=(255, 255, 255))
     return canvas
 
 
@@ -99,5 +107,5 @@ def batch_preview(
     tiles = [shade_masked(pixels[i], masked[i], patch_size) for i in range(len(pixels))]
     keys = list(batch.get("key", [""] * len(tiles)))[: len(tiles)]
     rows = [tiles[i : i + columns] for i in range(0, len(tiles), columns)]
-    titles = [" | ".join(keys[i : i + columns]) for i in range(0, len(keys), columns)]
-    return preview_grid(rows, row_titles=titles)
+    labels = [keys[i : i + columns] for i in range(0, len(keys), columns)]
+    return preview_grid(rows, tile_labels=labels)

@@ -238,8 +238,8 @@ def format_summary(report: dict[str, Any]) -> str:
     lines = [
         f"samples delivered : {report['delivered']} of {report['read']} read "
         f"({report['epoch_samples']} in this rank's epoch)",
-        f"batches           : {report['batches']} of {report['batch_size']} "
-        f"at {report['image_size']} px",
+        f"batches           : {report['batches']} (batch size {report['batch_size']}, "
+        f"{report['image_size']} px images)",
         f"throughput        : {report['images_per_s']} images/s after the first batch "
         f"({report['elapsed_s']} s in all, {report['startup_s']} s to the first batch)",
         f"mask              : {report['strategy']}, ratio {report['mask_ratio']}, "
@@ -289,7 +289,8 @@ def preview(args: argparse.Namespace) -> int:
         columns.append([shade_masked(pixels[i], masked[i], mask_config.patch_size) for i in range(len(keys))])
     rows = [[column[i] for column in columns] for i in range(len(keys))]
     titles = [f"{s} ({args.mask_ratio})" if s not in ("none", "grid") else s for s in strategies]
-    preview_grid(rows, column_titles=titles).save(args.out)
+    labels = [[key.split("/")[-1]] + [""] * (len(strategies) - 1) for key in keys]
+    preview_grid(rows, column_titles=titles, tile_labels=labels).save(args.out)
     print(f"wrote {args.out}: {len(keys)} images x {len(strategies)} strategies")
     return 0
 
