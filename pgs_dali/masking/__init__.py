@@ -81,7 +81,7 @@ def _resolve_key_ids(keys: object, batch: int, device: torch.device) -> torch.Te
                 f"with shape {tuple(keys.shape)}"
             )
         key_ids = keys
-    elif isinstance(keys, Sequence) and not isinstance(keys, (str, bytes)):
+    elif isinstance(keys, Sequence):
         key_ids = sample_key_ids(keys)
     else:
         raise TypeError(
@@ -207,8 +207,10 @@ def keep_indices(
     num_masked = num_patches - num_kept
 
     _check_finite(images)
-    all_patches = torch.arange(num_patches, dtype=torch.int64, device=images.device)
-    if batch == 0 or num_masked == 0:
+    if batch == 0:
+        return torch.zeros(0, num_kept, dtype=torch.int64, device=images.device)
+    if num_masked == 0:
+        all_patches = torch.arange(num_patches, dtype=torch.int64, device=images.device)
         return all_patches.expand(batch, num_patches).clone()
 
     strategy = config.strategy

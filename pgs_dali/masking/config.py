@@ -84,6 +84,8 @@ class MaskConfig:
         if self.neighborhood_radius is not None:
             _check_int("neighborhood_radius", self.neighborhood_radius, minimum=0)
         _check_int("seed", self.seed, minimum=0)
+        if self.seed >= 2**64:
+            raise ValueError(f"seed must be < 2**64 (it is hashed as two 32-bit words), got {self.seed}")
         _check_real("gaussian_sigma", self.gaussian_sigma)
         if self.gaussian_sigma <= 0:
             raise ValueError(f"gaussian_sigma must be > 0, got {self.gaussian_sigma}")

@@ -54,16 +54,23 @@ def to_patches(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     return patches
 
 
+def _luma(rgb: torch.Tensor, scale: float) -> torch.Tensor:
+    """Return the luma of (..., 3, h, w) float32 RGB as (..., h, w) on the [0, 1] scale."""
+    red, green, blue = (weight * scale for weight in LUMA_WEIGHTS)
+    luma = rgb[..., 0, :, :] * red
+    luma.add_(rgb[..., 1, :, :], alpha=green)
+    return luma.add_(rgb[..., 2, :, :], alpha=blue)
+
+
 def pooled_luma(
     images: torch.Tensor, patches: torch.Tensor | None, patch_size: int, edge_scale: int
 ) -> torch.Tensor:
     """Compute the luma of ``images`` average-pooled by ``edge_scale``.
 
-    Luma and average pooling are both linear, so one strided convolution with
-    the luma weights computes them. When ``edge_scale`` divides the patch size
-    the convolution runs on ``patches``, which saves a float copy of uint8
-    images; otherwise it runs on the image, dropping rows and columns beyond
-    the last whole pooling window.
+    When ``edge_scale`` divides the patch size the luma is computed from
+    ``patches``, which saves a float copy of uint8 images. Otherwise it is
+    computed from the image, and rows and columns beyond the last whole
+    pooling window are dropped.
 
     Args:
         images: (B, 3, H, W) uint8 or float on the [0, 1] scale.
@@ -74,18 +81,21 @@ def pooled_luma(
     Returns:
         (B, 1, H // s, W // s) float32 luma on the [0, 1] scale.
     """
-    weight = torch.tensor(LUMA_WEIGHTS, dtype=torch.float32, device=images.device)
-    weight = weight * (pixel_scale(images) / edge_scale**2)
-    weight = weight.reshape(1, 3, 1, 1).expand(1, 3, edge_scale, edge_scale).contiguous()
+    # NOTE: element-wise products and average pooling, not a convolution,
+    # because cuDNN may run float32 convolutions in TF32 and the masks must
+    # not depend on that setting.
+    scale = pixel_scale(images)
     if patches is None or patch_size % edge_scale:
-        return F.conv2d(images.to(torch.float32), weight, stride=edge_scale)
+        luma = _luma(images.to(torch.float32), scale)
+        return F.avg_pool2d(luma[:, None], edge_scale)
 
     batch, _, height, width = images.shape
     rows, cols = height // patch_size, width // patch_size
     cells = patch_size // edge_scale
-    per_patch = F.conv2d(patches.reshape(-1, 3, patch_size, patch_size), weight, stride=edge_scale)
+    luma = _luma(patches, scale).reshape(-1, 1, patch_size, patch_size)
     return (
-        per_patch.reshape(batch, rows, cols, cells, cells)
+        F.avg_pool2d(luma, edge_scale)
+        .reshape(batch, rows, cols, cells, cells)
         .permute(0, 1, 3, 2, 4)
         .reshape(batch, 1, rows * cells, cols * cells)
     )
@@ -100,9 +110,10 @@ def patch_edge_means(luma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         cols: patch columns W/p.
 
     Returns:
-        (B, N) float32 raw edge means, row-major.
+        (B, N) float64 raw edge means, row-major.
     """
-    magnitude = sobel(luma, normalized=True)
+    # float64 keeps cuDNN's TF32 out of Kornia's convolution; the map is small.
+    magnitude = sobel(luma.to(torch.float64), normalized=True)
 
     # Adaptive pooling gives the exact per-patch mean when edge_scale divides
     # the patch size, and overlapping windows that cover each patch otherwise.
@@ -128,7 +139,7 @@ def scaled_edge_scores(
         patches = to_patches(images, patch_size)
     luma = pooled_luma(images, patches, patch_size, edge_scale)
     rows, cols = images.shape[2] // patch_size, images.shape[3] // patch_size
-    return min_max_scale(patch_edge_means(luma, rows, cols))
+    return min_max_scale(patch_edge_means(luma, rows, cols)).to(torch.float32)
 
 
 def min_max_scale(values: torch.Tensor) -> torch.Tensor:
@@ -179,9 +190,30 @@ def cosine_rows(
     """
     dim = centered.shape[2]
     rows = torch.gather(centered, 1, row_indices[:, :, None].expand(-1, -1, dim))
-    dots = torch.bmm(rows, centered.transpose(1, 2))
+    if _float32_matmul_is_exact(centered.device):
+        dots = torch.bmm(rows, centered.transpose(1, 2))
+    else:
+        dots = torch.bmm(rows.double(), centered.double().transpose(1, 2)).to(torch.float32)
     row_scale = torch.gather(inverse_norm, 1, row_indices)
     return dots * row_scale[:, :, None] * inverse_norm[:, None, :]
+
+
+def _float32_matmul_is_exact(device: torch.device) -> bool:
+    """Return whether float32 matmul on ``device`` runs in full float32 precision.
+
+    On CUDA the answer is always False, because a trainer may switch cuBLAS to
+    TF32 at any time and masks must not change with it; float64 costs little
+    there. On the CPU, ``torch.set_float32_matmul_precision`` can switch
+    oneDNN to bf16, which shows in ``torch.backends.mkldnn.matmul``.
+    """
+    if device.type == "cuda":
+        return False
+    if device.type != "cpu":
+        return True
+    try:
+        return torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def grid_coordinates(rows: int, cols: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
