@@ -237,9 +237,9 @@ class DataInfo:
     """The ``data["train"]`` entry that open_clip_train's training loop reads.
 
     Attributes:
-        dataloader: yields ``(images, texts)``; has ``num_batches`` and
-            ``num_samples`` (per rank and epoch, and per epoch over all
-            ranks respectively, as in open_clip_train).
+        dataloader: yields ``(images, texts)``. As in open_clip_train,
+            ``num_batches`` counts this rank's batches per epoch and
+            ``num_samples`` the samples per epoch over all ranks.
         sampler: always None (the DALI reader shards by rank itself).
         shared_epoch: the current epoch.
     """
@@ -249,7 +249,7 @@ class DataInfo:
     shared_epoch: EpochCounter | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch, which reseeds shuffling and the PGS masks."""
+        """Set the epoch, which seeds the masks (the reader's shuffle advances on its own)."""
         if self.shared_epoch is not None:
             self.shared_epoch.set_value(epoch)
         set_loader_epoch = getattr(self.dataloader, "set_epoch", None)
