@@ -134,6 +134,29 @@ def test_input_not_modified_single_patch():
     assert torch.equal(images, before)
 
 
+@pytest.mark.parametrize("strategy", ["pgs", "cluster"])
+def test_non_contiguous_input(strategy):
+    images = synthetic_photos(3, seed=18)
+    height_width_channels = images.permute(0, 2, 3, 1).contiguous()
+    view = height_width_channels.permute(0, 3, 1, 2)
+    assert not view.is_contiguous()
+
+    from_view = keep_indices(view, config_for(strategy), keys=keys_for(3))
+
+    assert torch.equal(from_view, keep_indices(images, config_for(strategy), keys=keys_for(3)))
+
+
+def test_input_requiring_grad():
+    images = (synthetic_photos(2, seed=19).to(torch.float32) / 255.0).requires_grad_()
+
+    keep = keep_indices(images, MaskConfig(), keys=keys_for(2))
+    scores = edge_scores(images, MaskConfig())
+
+    assert not keep.requires_grad
+    assert not scores.requires_grad
+    assert torch.equal(keep, keep_indices(images.detach(), MaskConfig(), keys=keys_for(2)))
+
+
 # Determinism -----------------------------------------------------------------
 
 

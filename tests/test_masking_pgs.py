@@ -102,7 +102,8 @@ def test_candidates_always_masked():
     key_ids = torch.tensor([101, 102, 103, 104, 105, 106])
 
     keep = keep_indices(images, config, keys=key_ids, epoch=0)
-    priority = pgs.pgs_priority(images, key_ids, 20, config, epoch=0)
+    edges, candidates, similarity = pgs.generate_candidates(images, key_ids, config, epoch=0)
+    priority = pgs.select_priority(edges, candidates, similarity, 20, config)
 
     # n_c = M = 20: exactly the candidates, the +inf entries, are masked.
     masked = torch.ones(6, 196, dtype=torch.bool).scatter_(1, keep, False)
