@@ -243,6 +243,21 @@ def test_identical_images_differ_by_key():
     assert len({tuple(row.tolist()) for row in keep}) > 1
 
 
+def test_reduced_matmul_precision_ignored():
+    images = synthetic_photos(4, seed=29)
+    default = keep_indices(images, MaskConfig(), keys=keys_for(4))
+
+    # What torch.set_float32_matmul_precision("medium") sets for oneDNN.
+    previous = torch.backends.mkldnn.matmul.fp32_precision
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    try:
+        reduced = keep_indices(images, MaskConfig(), keys=keys_for(4))
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = previous
+
+    assert torch.equal(reduced, default)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_cpu_and_cuda_agree(strategy):

@@ -34,6 +34,7 @@ __all__ = [
     "sample_key_ids",
 ]
 
+
 def _check_images(images: object, config: object) -> None:
     if not isinstance(config, MaskConfig):
         raise TypeError(f"config must be a MaskConfig, got {type(config).__name__}")
@@ -97,12 +98,12 @@ _CPU_CHUNK_BYTES = 8 << 20
 
 
 def _map_chunks(
-    compute: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]],
-    images: torch.Tensor,
-    key_ids: torch.Tensor,
+    compute: Callable[..., tuple[torch.Tensor, ...]],
     patch_size: int,
+    images: torch.Tensor,
+    *per_image: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
-    """Apply ``compute(images, key_ids)`` to chunks of the batch and concatenate its outputs.
+    """Apply ``compute(images, *per_image)`` to chunks of the batch and concatenate its outputs.
 
     Rows do not depend on the other images of a batch, so chunking changes
     nothing but speed and memory. On the CPU, chunks keep the float copy of
@@ -117,12 +118,12 @@ def _map_chunks(
         bytes_per_image = 4 * 3 * (height // patch_size) * (width // patch_size) * patch_size**2
         chunk = max(1, _CPU_CHUNK_BYTES // bytes_per_image)
     if chunk >= batch:
-        return compute(images, key_ids)
+        return compute(images, *per_image)
 
-    parts = [
-        compute(images[start : start + chunk], key_ids[start : start + chunk])
-        for start in range(0, batch, chunk)
-    ]
+    parts = []
+    for start in range(0, batch, chunk):
+        rows = slice(start, start + chunk)
+        parts.append(compute(images[rows], *(tensor[rows] for tensor in per_image)))
     return tuple(torch.cat(outputs) for outputs in zip(*parts))
 
 
@@ -176,12 +177,11 @@ def edge_scores(images: torch.Tensor, config: MaskConfig) -> torch.Tensor:
     if images.shape[0] == 0:
         num_patches = config.num_patches(*images.shape[2:])
         return torch.zeros(0, num_patches, dtype=torch.float32, device=images.device)
-    key_ids = torch.zeros(images.shape[0], dtype=torch.int64, device=images.device)
 
-    def scores(chunk: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def scores(chunk: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (scaled_edge_scores(chunk, None, config.patch_size, config.edge_scale),)
 
-    return _map_chunks(scores, images, key_ids, config.patch_size)[0]
+    return _map_chunks(scores, config.patch_size, images)[0]
 
 
 @torch.no_grad()
@@ -197,8 +197,12 @@ def keep_indices(
     The strategy is ``config.strategy`` (see :class:`MaskConfig`). Every image
     keeps the same number K = ``config.num_kept(H, W)`` of patches, so the
     rows stack. A row depends only on that image's pixels, ``config``,
-    ``epoch`` and its key: not on the batch size, its position in the batch
-    or the device. The torch global random state is not used.
+    ``epoch`` and its key, not on the batch size or its position in the
+    batch. The torch global random state is not used.
+
+    The noise is bit-exact on every device. CUDA computes the pixel features
+    with other kernels than the CPU, so a patch whose score ties another's to
+    within float rounding can resolve differently there.
 
     Args:
         images: (B, 3, H, W) un-normalized RGB, float in [0, 1] or uint8 in
@@ -260,7 +264,7 @@ def keep_indices(
         def pixel_steps(chunk: torch.Tensor, chunk_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return generate_candidates(chunk, chunk_ids, config, epoch)
 
-        edges, candidates, similarity = _map_chunks(pixel_steps, images, key_ids, config.patch_size)
+        edges, candidates, similarity = _map_chunks(pixel_steps, config.patch_size, images, key_ids)
         priority = select_priority(edges, candidates, similarity, num_masked, config)
         return keep_after_masking(priority, num_masked)
     if strategy == "cluster":
@@ -268,7 +272,7 @@ def keep_indices(
         def cluster_steps(chunk: torch.Tensor, chunk_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return cluster_priority(chunk, chunk_ids, config, epoch)
 
-        priority, tie_break = _map_chunks(cluster_steps, images, key_ids, config.patch_size)
+        priority, tie_break = _map_chunks(cluster_steps, config.patch_size, images, key_ids)
         return keep_after_masking(priority, num_masked, tie_break)
     if strategy == "random":
         return keep_after_masking(random_priority(key_ids, num_patches, config, epoch), num_masked)
