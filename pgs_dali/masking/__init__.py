@@ -281,6 +281,6 @@ def keep_indices(
     if strategy == "grid":
         return grid_keep(key_ids, rows, cols, config, epoch)
     if strategy == "block":
-        kept = block_keep_mask(key_ids, rows, cols, num_kept, config, epoch)
-        return keep_after_masking((~kept).to(torch.float32), num_masked)
+        in_block = block_keep_mask(key_ids, rows, cols, num_kept, config, epoch)
+        return keep_after_masking((~in_block).to(torch.float32), num_masked)
     raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")

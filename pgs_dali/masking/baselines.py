@@ -1,7 +1,8 @@
 """Baseline mask strategies with the same contract as PGS.
 
-Each function returns either a (B, N) masking priority (the caller masks the M
-highest, ties to the lower index) or the (B, K) kept indices directly.
+Each function returns a (B, N) masking priority (the caller masks the M
+highest, ties to the lower index), a (B, N) bool mask of kept patches, or the
+(B, K) kept indices directly.
 """
 
 from __future__ import annotations
