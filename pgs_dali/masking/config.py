@@ -40,17 +40,22 @@ class MaskConfig:
         cluster_anchor_ratio: ``"cluster"`` anchors as a fraction of N.
         cluster_threshold: cosine similarity above which ``"cluster"`` masks a
             patch next to an anchor.
+
+    The PGS defaults (``edge_scale`` 2, ``edge_weight`` 1, ``candidate_edge_bias``
+    10, ``sinkhorn_iters`` 10) were tuned for object retention on 80 COCO
+    photos with ``benchmarks/tune_retention.py``; BENCHMARKS.md lists every
+    change with its numbers.
     """
 
     strategy: str = "pgs"
     mask_ratio: float = 0.5
     patch_size: int = 16
     candidate_ratio: float = 0.05
-    edge_scale: int = 4
-    edge_weight: float = 0.5
-    candidate_edge_bias: float = 5.0
+    edge_scale: int = 2
+    edge_weight: float = 1.0
+    candidate_edge_bias: float = 10.0
     epsilon: float = 0.3
-    sinkhorn_iters: int = 20
+    sinkhorn_iters: int = 10
     neighborhood_radius: int | None = None
     seed: int = 0
     gaussian_sigma: float = 0.2
