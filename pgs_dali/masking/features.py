@@ -92,9 +92,18 @@ def pooled_luma(
     batch, _, height, width = images.shape
     rows, cols = height // patch_size, width // patch_size
     cells = patch_size // edge_scale
-    luma = _luma(patches, scale).reshape(-1, 1, patch_size, patch_size)
+    luma = _luma(patches, scale).reshape(batch, rows * cols, cells, edge_scale, cells, edge_scale)
+
+    # Summing the s x s window as 2 s strided slices measured 1.3 to 4 times
+    # faster on the CPU than avg_pool2d over the many small patch maps.
+    column_sums = luma[..., 0]
+    for offset in range(1, edge_scale):
+        column_sums = column_sums + luma[..., offset]
+    window_sums = column_sums[..., 0, :]
+    for offset in range(1, edge_scale):
+        window_sums = window_sums + column_sums[..., offset, :]
     return (
-        F.avg_pool2d(luma, edge_scale)
+        (window_sums * (1.0 / edge_scale**2))
         .reshape(batch, rows, cols, cells, cells)
         .permute(0, 1, 3, 2, 4)
         .reshape(batch, 1, rows * cells, cols * cells)
@@ -110,10 +119,13 @@ def patch_edge_means(luma: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         cols: patch columns W/p.
 
     Returns:
-        (B, N) float64 raw edge means, row-major.
+        (B, N) raw edge means, row-major: float64 on CUDA, float32 elsewhere.
     """
-    # float64 keeps cuDNN's TF32 out of Kornia's convolution; the map is small.
-    magnitude = sobel(luma.to(torch.float64), normalized=True)
+    # NOTE: on CUDA the Sobel runs in float64 because cuDNN may run float32
+    # convolutions in TF32 (PyTorch's default for cuDNN). The CPU has no TF32,
+    # and float32 there measured 2.4 times faster on 112 x 112 pooled maps.
+    dtype = torch.float64 if luma.device.type == "cuda" else torch.float32
+    magnitude = sobel(luma.to(dtype), normalized=True)
 
     # Adaptive pooling gives the exact per-patch mean when edge_scale divides
     # the patch size, and overlapping windows that cover each patch otherwise.
