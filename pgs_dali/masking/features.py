@@ -213,8 +213,8 @@ def cosine_rows(
 def _float32_matmul_is_exact(device: torch.device) -> bool:
     """Return whether float32 matmul on ``device`` runs in full float32 precision.
 
-    On CUDA the answer is always False, because a trainer may switch cuBLAS to
-    TF32 at any time and masks must not change with it; float64 costs little
+    It returns False on CUDA, because a trainer may switch cuBLAS to TF32 at
+    any time and masks must not change with it, and float64 costs little
     there. On the CPU, ``torch.set_float32_matmul_precision`` can switch
     oneDNN to bf16, which shows in ``torch.backends.mkldnn.matmul``.
     """

@@ -2,9 +2,9 @@
 
 Every random choice of the mask strategies reads its noise from
 :func:`counter_uniform`. The value for element ``j`` of a sample is a hash of
-``(stream, seed, epoch, key id, j)``, so a sample's mask does not depend on the
-batch size, its position in the batch, the number of ranks or the device, and
-the torch global random state is never touched.
+``(stream, seed, epoch, key id, j)``. The noise of a sample therefore does not
+depend on the batch size, its position in the batch, the number of ranks or
+the device, and the torch global random state is never touched.
 
 The hash works on 32-bit lanes stored in int64 tensors. Each multiplication is
 split into 16-bit halves so that every intermediate product stays below 2**48:
@@ -157,4 +157,5 @@ def counter_uniform(
 
     index = torch.arange(count, dtype=torch.int64, device=key_ids.device)
     hashed = _absorb(_absorb(lane_a[:, None], index[None, :]), lane_b[:, None])
+    # NOTE: float64 rules out devices without it, such as Apple MPS.
     return (hashed.to(torch.float64) + 0.5) * 2.0**-32

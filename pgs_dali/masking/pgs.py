@@ -1,10 +1,10 @@
 """Patch Generation-to-Selection (PGS) masking, batched over images.
 
-The method is the one of Pei et al., "Seeing What Matters: Empowering CLIP
-with Patch Generation-to-Selection" (CVPR 2025), as its paper describes it:
-edge-aware candidate patches, cosine similarity of candidates with every
-patch, an entropic optimal-transport plan with a "keep" row, and selection of
-the patches most likely to be masked.
+This implements the method as described in Pei et al., "Seeing What Matters:
+Empowering CLIP with Patch Generation-to-Selection" (CVPR 2025). Candidate
+patches are drawn away from edges and compared with every patch by cosine
+similarity. An entropic optimal-transport plan with a "keep" row then gives
+each patch's probability of being masked, and the most likely ones are.
 """
 
 from __future__ import annotations
@@ -94,11 +94,11 @@ def keep_row_log_plan(
 ) -> torch.Tensor:
     """Run log-domain Sinkhorn with a keep row and return the keep row of log Pi.
 
-    Rows are the n_c candidates (mass M / n_c each) and one keep row (mass
-    N - M); columns are the N patches (mass 1 each). The logits are S / eps
-    for candidate rows and lambda * E / eps for the keep row. The iteration
-    count is fixed, and each iteration ends with the column update, so every
-    column of the plan sums to 1 and Pi_keep,j is in (0, 1].
+    Rows are the n_c candidates with mass M / n_c each and one keep row with
+    mass N - M. Columns are the N patches with mass 1 each. The logits are
+    S / eps for candidate rows and lambda * E / eps for the keep row. The
+    iteration count is fixed, and each iteration ends with the column update,
+    so every column of the plan sums to 1 and Pi_keep,j is in (0, 1].
 
     Args:
         similarity: (B, n_c, N) cosine similarities S in [-1, 1].
