@@ -342,7 +342,10 @@ class PGSLoader:
             stats = anchor["stats"]
             replay_skip = anchor["delivered_since"]
         else:
-            checkpoint = self._pipe.checkpoint() if self._pipe is not None else self._pending_checkpoint()
+            if self._pipe is not None:
+                checkpoint = self._pipe.checkpoint()
+            else:
+                checkpoint = getattr(self, "_restored_checkpoint", None)
             runs_done = self._runs_done
             stats = self._stats
             replay_skip = 0
@@ -419,35 +422,70 @@ class PGSLoader:
         }
 
     def _iterate_epoch(self) -> Iterator[dict[str, Any]]:
-        batch_size = self.config.batch_size
-        policy = self.config.last_batch
+        # An earlier iteration may have stopped right after the last batch of
+        # a pass, before the generator could close it.
+        if self._pass_finished():
+            self._close_pass()
         if self._runs_done == 0 and self._batches_done == 0 and self._replay_skip == 0:
             self._stats = self._empty_stats()
             self._pad_source = None
 
         while True:
-            while len(self._buffer) < batch_size and self._runs_done < self._runs_per_epoch:
-                self._read_run()
-            if policy == "drop" and self._batches_done >= self.num_batches:
+            batch = self._next_batch()
+            if batch is None:
                 break
-            if len(self._buffer) >= batch_size:
-                yield self._emit(batch_size)
-                continue
-            if len(self._buffer) and policy != "drop":
-                yield self._emit(len(self._buffer))
-                continue
-            break
+            # Close the pass before handing out its last batch, so a caller
+            # that stops after len(loader) batches starts the next epoch cleanly.
+            if self._pass_finished():
+                self._close_pass()
+                yield batch
+                return
+            yield batch
+        if self._pass_finished():
+            self._close_pass()
 
-        # Finish the pass: with "drop", read and count what is left.
+    def _next_batch(self) -> dict[str, Any] | None:
+        """Return the next batch of this pass, or None when the pass has no more."""
+        batch_size = self.config.batch_size
+        policy = self.config.last_batch
+        while len(self._buffer) < batch_size and self._runs_done < self._runs_per_epoch:
+            self._read_run()
+        if policy == "drop" and self._batches_done >= self.num_batches:
+            self._drain_pass()
+            return None
+        if len(self._buffer) >= batch_size:
+            batch = self._emit(batch_size)
+        elif len(self._buffer) and policy != "drop":
+            batch = self._emit(len(self._buffer))
+        elif policy == "pad" and self._batches_done < self.num_batches and self._pad_source is not None:
+            return self._emit_padding(batch_size)
+        else:
+            self._drain_pass()
+            return None
+        if policy == "drop" and self._batches_done >= self.num_batches:
+            self._drain_pass()
+        return batch
+
+    def _drain_pass(self) -> None:
+        """Read what is left of the pass; samples not delivered count as dropped."""
         while self._runs_done < self._runs_per_epoch:
             self._read_run()
         if len(self._buffer):
             self._stats["dropped"] += len(self._buffer)
             self._buffer = _Buffer()
-        if policy == "pad":
-            while self._batches_done < self.num_batches and self._pad_source is not None:
-                yield self._emit_padding(batch_size)
+            self._anchor = None
 
+    def _pass_finished(self) -> bool:
+        if self._runs_done < self._runs_per_epoch or len(self._buffer):
+            return False
+        pending_padding = (
+            self.config.last_batch == "pad"
+            and self._batches_done < self.num_batches
+            and self._pad_source is not None
+        )
+        return not pending_padding
+
+    def _close_pass(self) -> None:
         self._log_epoch_end()
         self._pass += 1
         self._runs_done = 0

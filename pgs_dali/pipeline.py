@@ -162,6 +162,10 @@ def build_pipeline(
             random_shuffle=spec.shuffle_buffer > 0,
             initial_fill=max(spec.shuffle_buffer, 1),
             pad_last_batch=True,
+            # Each rank reads the same part of the data every epoch; without
+            # this DALI moves ranks to the next part after each pass, and the
+            # parts can differ in size by one sample.
+            stick_to_shard=True,
             shard_id=spec.shard_id,
             num_shards=spec.num_shards,
             name=READER_NAME,

@@ -121,6 +121,23 @@ class TestEpochCoverage:
         assert first != second
         assert loader.summary()["delivered"] == 21
 
+    def test_ranks_keep_their_part_over_epochs(self, shards):
+        for rank in range(2):
+            loader = build_loader(make_config(shards, rank=rank, world_size=2, batch_size=3))
+            epochs = [collect_keys(loader) for _ in range(3)]
+
+            assert len(epochs[0]) == (10 if rank == 0 else 11)
+            for keys in epochs[1:]:
+                assert sorted(keys) == sorted(epochs[0])
+
+    def test_stopping_after_len_batches_starts_next_epoch(self, shards):
+        loader = build_loader(make_config(shards))
+        first = [key for _, batch in zip(range(len(loader)), loader) for key in batch["key"]]
+        second = [key for _, batch in zip(range(len(loader)), loader) for key in batch["key"]]
+
+        assert len(first) == 21
+        assert sorted(second) == sorted(first)
+
     def test_pad_fills_last_batch_and_equalizes_ranks(self, tmp_path):
         paths = write_generated_shards(tmp_path, 1, 11)
         counts = []
