@@ -302,9 +302,9 @@ class OpenCLIPBatches:
 
         # islice stops before requesting batch max_batches + 1, so no batch is
         # read and lost: the loader's next iteration continues where this one
-        # stopped. An iteration that starts at the very end of the loader's
-        # pass only closes the pass and yields nothing, so keep going until
-        # max_batches are out, and give up after two empty iterations.
+        # stopped. When the loader's pass ends first (skipped samples make it
+        # shorter), continue into the next pass; stop after two empty
+        # iterations so data that yields nothing cannot loop forever.
         remaining = self.num_batches
         empty_iterations = 0
         while remaining > 0 and empty_iterations < 2:
