@@ -27,6 +27,14 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSION = "txt"
 READER_NAME = "reader"
 
+# Filters for shrinking the crop to the output size, by LoaderConfig.resize_filter.
+# Enlarging always uses cubic interpolation.
+_DOWNSCALE_FILTERS = {
+    "linear": lambda types: types.INTERP_LINEAR,
+    "cubic": lambda types: types.INTERP_CUBIC,
+}
+RESIZE_FILTERS = tuple(_DOWNSCALE_FILTERS)
+
 # Status codes of the per-sample check, one int32 per sample.
 STATUS_OK = 0
 STATUS_BAD = 1
@@ -115,6 +123,7 @@ class PipelineSpec:
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
     horizontal_flip: bool
+    resize_filter: str
     num_threads: int
     device_id: int | None
     shuffle_buffer: int
@@ -186,7 +195,8 @@ def build_pipeline(
         images = fn.resize(
             images,
             size=[spec.image_size, spec.image_size],
-            interp_type=types.INTERP_CUBIC,
+            min_filter=_DOWNSCALE_FILTERS[spec.resize_filter](types),
+            mag_filter=types.INTERP_CUBIC,
             antialias=True,
         )
         mirror = fn.random.coin_flip(probability=0.5) if spec.horizontal_flip else 0

@@ -337,6 +337,7 @@ class TestConfigErrors:
             ({"device": "tpu"}, "device must be"),
             ({"rank": 2, "world_size": 2}, r"rank must be in \[0, 2\)"),
             ({"image_dtype": "int8"}, "image_dtype must be one of"),
+            ({"resize_filter": "lanczos"}, "resize_filter must be one of"),
         ],
     )
     def test_invalid_settings_raise(self, shards, overrides, match):

@@ -71,6 +71,10 @@ def add_loader_arguments(parser: argparse.ArgumentParser, data_required: bool = 
     group.add_argument("--seed", type=int, default=0, help="seed of shuffle, augmentation and masks")
     group.add_argument("--shuffle-buffer", type=int, default=1000, help="reader shuffle buffer in samples (0: no shuffle)")
     group.add_argument("--no-flip", action="store_true", help="turn off the random horizontal flip")
+    group.add_argument(
+        "--resize-filter", choices=("linear", "cubic"), default="linear",
+        help="antialiased filter for shrinking crops (cubic is slower on the CPU)",
+    )
     group.add_argument("--on-error", choices=("skip", "raise"), default="skip", help="bad-sample policy")
     group.add_argument("--last-batch", choices=("partial", "drop", "pad"), default="partial", help="what to do with the last short batch")
     group.add_argument("--max-pixels", type=int, default=None, help="reject images with more pixels than this (by header)")
@@ -124,6 +128,7 @@ def loader_config_from_args(args: argparse.Namespace, data: Any, strategy: str |
         batch_size=args.batch_size,
         image_size=args.image_size,
         horizontal_flip=not args.no_flip,
+        resize_filter=args.resize_filter,
         num_threads=args.num_threads,
         device=args.device,
         shuffle_buffer=args.shuffle_buffer,
