@@ -11,6 +11,9 @@ benchmarks/results/loader_throughput_<device>.json with the rows of
 * pgs_cost: 1 - (pgs_dali:pgs) / (pgs_dali:none), target <= 0.15 on CPU;
 * pgs_dali_over_openclip: (pgs_dali:pgs) / (openclip_style:released),
   target >= 1.
+
+A case ending in ``@1`` runs with one torch intra-op thread in the main
+process (the mask op's thread pool), the others with torch's default.
 """
 
 from __future__ import annotations
@@ -26,22 +29,32 @@ CASES = (
     "pgs_dali:none",
     "pgs_dali:random",
     "pgs_dali:pgs",
+    "pgs_dali:pgs@1",
     "openclip_style:none",
     "openclip_style:released",
-    "openclip_style:pgs",
+    "openclip_style:released@1",
+    "openclip_style:pgs@1",
 )
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
     """Compute the target ratios from rows keyed by loader and strategy."""
-    rate = {f"{row['loader']}:{row['strategy']}": row["images_per_s"] for row in rows}
+    rate = {}
+    for row in rows:
+        suffix = f"@{row['torch_threads']}" if row.get("torch_threads") else ""
+        rate[f"{row['loader']}:{row['strategy']}{suffix}"] = row["images_per_s"]
+    pairs = {
+        "pgs_cost": ("pgs_dali:pgs", "pgs_dali:none"),
+        "pgs_cost_torch_threads_1": ("pgs_dali:pgs@1", "pgs_dali:none"),
+        "pgs_dali_over_openclip": ("pgs_dali:pgs", "openclip_style:released"),
+        "pgs_dali_over_openclip_torch_threads_1": ("pgs_dali:pgs@1", "openclip_style:released@1"),
+        "pgs_dali_over_openclip_no_mask": ("pgs_dali:none", "openclip_style:none"),
+    }
     out = {}
-    if "pgs_dali:pgs" in rate and "pgs_dali:none" in rate:
-        out["pgs_cost"] = round(1 - rate["pgs_dali:pgs"] / rate["pgs_dali:none"], 4)
-    if "pgs_dali:pgs" in rate and "openclip_style:released" in rate:
-        out["pgs_dali_over_openclip"] = round(rate["pgs_dali:pgs"] / rate["openclip_style:released"], 3)
-    if "pgs_dali:none" in rate and "openclip_style:none" in rate:
-        out["pgs_dali_over_openclip_no_mask"] = round(rate["pgs_dali:none"] / rate["openclip_style:none"], 3)
+    for name, (numerator, denominator) in pairs.items():
+        if numerator in rate and denominator in rate:
+            value = rate[numerator] / rate[denominator]
+            out[name] = round(1 - value, 4) if name.startswith("pgs_cost") else round(value, 3)
     return out
 
 

@@ -2,9 +2,10 @@
 
 Usage: python benchmarks/bench_scaling.py [--repeats 3] [--sweeps batch,size,threads]
 
-Each sweep varies one setting around batch 64, 224 px and all CPU threads,
-and measures pgs_dali with the pgs and none strategies at every point, all
-points of a sweep interleaved. Each run times about --images images after a
+Each sweep varies one setting around batch 64, 224 px and all CPU threads.
+At every point it measures pgs_dali with the none and pgs strategies, and
+pgs again with one torch thread for the mask op (``@1``). All points of a
+sweep are interleaved. Each run times about --images images after a
 warm-up. Writes benchmarks/results/scaling_<device>.json.
 """
 
@@ -16,7 +17,7 @@ import os
 import statistics
 import sys
 
-from bench_common import write_result
+from bench_common import RESULTS, read_result, write_result
 from make_bench_shards import make_coco_shards
 
 SWEEPS = {
@@ -24,13 +25,13 @@ SWEEPS = {
     "size": ("image_size", (160, 224, 288, 336)),
     "threads": ("threads", (1, 2, 4)),
 }
-STRATEGIES = ("none", "pgs")
+CASES = ("pgs_dali:none", "pgs_dali:pgs", "pgs_dali:pgs@1")
 
 
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
-    from pgs_dali.cli.bench import BenchSettings, LoaderCase, interleaved_runs, measure_loader
+    from pgs_dali.cli.bench import BenchSettings, interleaved_runs, measure_loader, parse_case
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweeps", default=",".join(SWEEPS), help="comma-separated: batch, size, threads")
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=1024, help="timed images per run (default: 1024)")
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the rows of sweeps not rerun from the existing record"
+    )
     args = parser.parse_args(argv)
 
     shards = make_coco_shards(num_samples=args.samples)
@@ -53,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             batches = max(2, args.images // settings.batch_size)
             warmup = max(1, min(3, args.samples // settings.batch_size - batches - 1))
             settings = dataclasses.replace(settings, batches=batches, warmup=warmup)
-            for strategy in STRATEGIES:
-                points[f"{field}={value}:{strategy}"] = (settings, LoaderCase("pgs_dali", strategy))
+            for text in CASES:
+                case = parse_case(text)
+                points[f"{field}={value} {case.label}"] = (settings, case)
 
         with tqdm(total=len(points) * args.repeats, desc=f"{sweep} sweep", unit="run") as bar:
             runs = interleaved_runs(
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
                     "sweep": sweep,
                     "loader": case.loader,
                     "strategy": case.strategy,
+                    "torch_threads": case.torch_threads,
                     "batch_size": settings.batch_size,
                     "image_size": settings.image_size,
                     "threads": settings.threads,
@@ -82,8 +88,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"{label:<28} {statistics.median(rates):8.1f} images/s  runs {[round(r) for r in rates]}")
 
+    name = f"scaling_{args.device.split(':')[0]}"
+    if args.merge and (RESULTS / f"{name}.json").is_file():
+        rerun = {row["sweep"] for row in rows}
+        kept = [row for row in read_result(name)["rows"] if row["sweep"] not in rerun]
+        rows = kept + rows
     path = write_result(
-        f"scaling_{args.device.split(':')[0]}",
+        name,
         {
             "command": "python benchmarks/bench_scaling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "repeats": args.repeats,

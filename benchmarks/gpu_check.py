@@ -88,8 +88,8 @@ def bench_mask_op(device: str, deadline: float) -> dict:
         images = images.to(device)
         calls = {case: mask_op(case, images, keys, 0.5) for case in cases}
         runs = interleaved_runs(cases, lambda case: time_call(calls[case]), 3)
-        for case, seconds in runs.items():
-            median = sorted(seconds)[1]
+        for case, timings in runs.items():
+            median = sorted(t[0] for t in timings)[1]
             rows.append(
                 {
                     "sweep": sweep,
@@ -107,7 +107,7 @@ def bench_mask_op(device: str, deadline: float) -> dict:
     if time.perf_counter() < deadline:
         images, keys = coco_photo_batch(256, 224)
         for case in ("pgs", RELEASED):
-            seconds = time_call(mask_op(case, images, keys, 0.5))
+            seconds = time_call(mask_op(case, images, keys, 0.5))[0]
             cpu_rows.append({"strategy": case, "batch_size": 256, "image_size": 224, "device": "cpu",
                              "ms_per_batch": round(1000 * seconds, 3), "cpu_threads": torch.get_num_threads()})
     return {"rows": rows, "cpu_reference": cpu_rows}

@@ -23,6 +23,12 @@ from bench_common import RESULTS
 from make_bench_shards import make_coco_shards
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def main(argv: list[str] | None = None) -> int:
     from pgs_dali import LoaderConfig, MaskConfig, build_loader
 
@@ -32,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     shards = make_coco_shards()
     ratio = 0.0 if args.strategy == "none" else 0.5
@@ -59,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     text = io.StringIO()
     text.write(
         f"pgs_dali:{args.strategy}, batch {args.batch_size}, {args.threads} DALI threads, "
+        f"{torch_threads()} torch threads, "
         f"{args.batches} batches in {seconds:.2f} s ({args.batches * args.batch_size / seconds:.1f} images/s "
         "under cProfile)\n\n"
     )
@@ -68,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     text.write("== by own time\n")
     stats.sort_stats("tottime").print_stats(args.top)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"profile_{args.strategy}.txt"
+    suffix = f"_torch{args.torch_threads}" if args.torch_threads else ""
+    path = RESULTS / f"profile_{args.strategy}{suffix}.txt"
     path.write_text(text.getvalue())
     print(text.getvalue()[:6000])
     print(f"wrote {path}")

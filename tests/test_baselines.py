@@ -45,8 +45,8 @@ class TestReleasedStyle:
         assert torch.equal(first.keep_indices, second.keep_indices)
 
     def test_attention_mask_is_head_major(self):
-        # Each image gets a different set of blocked tokens; the mask for
-        # flat index h * B + b must be image b's, whatever the head h.
+        # Each image gets its own set of blocked tokens. The mask at flat
+        # index h * B + b must be image b's, whatever the head h.
         images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
         out = released_style_keep_indices(images, 0.5, num_heads=4, similarity_threshold=0.0)
         attention = out.attention_mask
@@ -86,6 +86,16 @@ class TestOpenClipStyle:
         assert first["image"].shape[1:] == (3, 32, 32)
         assert first["text"].dtype == torch.int64
         assert first["keep_indices"].shape[1] == 2  # 4 patches, half masked
+
+    def test_pgs_dali_strategy_in_process(self, tmp_path):
+        shards = write_generated_shards(tmp_path, num_shards=1, per_shard=4)
+        loader = build_openclip_style_loader(
+            shards, batch_size=4, image_size=64, num_workers=1, mask="random",
+            mask_ratio=0.75, tokenizer=fast_tokenizer,
+        )
+        keep = next(iter(loader))["keep_indices"]
+        assert keep.shape == (4, 4)  # 16 patches, 12 masked
+        assert (keep.diff(dim=1) > 0).all()
 
     def test_no_mask(self, tmp_path):
         shards = write_generated_shards(tmp_path, num_shards=1, per_shard=3)

@@ -24,6 +24,11 @@ class TestParseCase:
         assert parse_case("openclip_style:released") == LoaderCase("openclip_style", "released")
         assert parse_case(" pgs_dali:none ").label == "pgs_dali:none"
 
+    def test_torch_threads_suffix(self):
+        case = parse_case("pgs_dali:pgs@1")
+        assert case == LoaderCase("pgs_dali", "pgs", torch_threads=1)
+        assert case.label == "pgs_dali:pgs@1"
+
     @pytest.mark.parametrize(
         "text, message",
         [
@@ -31,6 +36,8 @@ class TestParseCase:
             ("timm:pgs", "LOADER:STRATEGY"),
             ("pgs_dali:released", "'pgs_dali:released'"),
             ("openclip_style:magic", "'openclip_style:magic'"),
+            ("pgs_dali:pgs@0", "integer >= 1"),
+            ("pgs_dali:pgs@two", "integer >= 1"),
         ],
     )
     def test_invalid(self, text, message):
@@ -50,6 +57,26 @@ class TestInterleavedRuns:
             interleaved_runs(["a"], lambda label: 0, 0)
 
 
+def test_target_ratios_of_loader_rows():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_loader import ratios
+
+    rows = [
+        {"loader": "pgs_dali", "strategy": "none", "images_per_s": 200.0},
+        {"loader": "pgs_dali", "strategy": "pgs", "images_per_s": 170.0},
+        {"loader": "pgs_dali", "strategy": "pgs", "torch_threads": 1, "images_per_s": 190.0},
+        {"loader": "openclip_style", "strategy": "released", "images_per_s": 100.0},
+    ]
+    got = ratios(rows)
+    assert got["pgs_cost"] == pytest.approx(0.15)
+    assert got["pgs_cost_torch_threads_1"] == pytest.approx(0.05)
+    assert got["pgs_dali_over_openclip"] == pytest.approx(1.7)
+    assert "pgs_dali_over_openclip_no_mask" not in got
+
+
 def test_format_ratios_against_first_row():
     rows = [
         {"loader": "pgs_dali", "strategy": "none", "images_per_s": 200.0, "images_per_s_runs": [200.0],
@@ -67,8 +94,14 @@ def test_format_ratios_against_first_row():
 
 @pytest.mark.slow
 class TestMeasureLoader:
-    @pytest.mark.parametrize("case", [LoaderCase("pgs_dali", "pgs"), LoaderCase("openclip_style", "released")])
+    @pytest.mark.parametrize(
+        "case",
+        [LoaderCase("pgs_dali", "pgs"), LoaderCase("openclip_style", "released"), LoaderCase("pgs_dali", "random", 1)],
+    )
     def test_counts_timed_images(self, tmp_path, case):
+        import torch
+
+        threads_before = torch.get_num_threads()
         shards = write_generated_shards(tmp_path, num_shards=2, per_shard=8)
         settings = BenchSettings(
             shards=tuple(shards), batch_size=4, image_size=32, threads=2,
@@ -78,6 +111,7 @@ class TestMeasureLoader:
         assert result.images == 8
         assert result.images_per_s > 0
         assert result.startup_s > 0
+        assert torch.get_num_threads() == threads_before
 
     def test_too_few_samples(self, tmp_path):
         shards = write_generated_shards(tmp_path, num_shards=1, per_shard=4)

@@ -3,8 +3,8 @@
 Every configuration ("case") is a loader plus a mask strategy, for example
 ``pgs_dali:pgs`` or ``openclip_style:released``. Cases are measured in
 rounds that alternate their order (ABC, CBA, ABC, ...), so slow drifts of a
-shared machine hit every case alike, and the summary reports medians over the
-rounds plus ratios between cases measured in the same run. The helpers here
+shared machine hit every case alike. The summary reports medians over the
+rounds and ratios between cases measured in the same run. The helpers here
 are also used by the scripts under ``benchmarks/``.
 """
 
@@ -39,15 +39,19 @@ class LoaderCase:
             For ``openclip_style``, ``"released"`` (the released-code-style
             mask computed in the training process), ``"none"``, or a pgs_dali
             strategy computed in the training process.
+        torch_threads: torch intra-op threads of the process while this case
+            runs (``torch.set_num_threads``); None leaves torch's setting.
     """
 
     loader: str
     strategy: str
+    torch_threads: int | None = None
 
     @property
     def label(self) -> str:
-        """``loader:strategy``, as written on the command line."""
-        return f"{self.loader}:{self.strategy}"
+        """``loader:strategy`` or ``loader:strategy@threads``, as written on the command line."""
+        suffix = f"@{self.torch_threads}" if self.torch_threads else ""
+        return f"{self.loader}:{self.strategy}{suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,21 +93,27 @@ class Measurement:
 
 
 def parse_case(text: str) -> LoaderCase:
-    """Parse ``loader:strategy`` into a :class:`LoaderCase`.
+    """Parse ``loader:strategy[@threads]`` into a :class:`LoaderCase`.
 
     Example:
-        >>> parse_case("pgs_dali:pgs")
-        LoaderCase(loader='pgs_dali', strategy='pgs')
+        >>> parse_case("pgs_dali:pgs@1")
+        LoaderCase(loader='pgs_dali', strategy='pgs', torch_threads=1)
     """
     from pgs_dali.masking.config import STRATEGIES
 
-    loader, sep, strategy = text.strip().partition(":")
+    body, at, threads_text = text.strip().partition("@")
+    torch_threads = None
+    if at:
+        if not threads_text.isdigit() or int(threads_text) < 1:
+            raise ValueError(f"threads after '@' must be an integer >= 1, got {text!r}")
+        torch_threads = int(threads_text)
+    loader, sep, strategy = body.partition(":")
     if not sep or loader not in LOADERS:
         raise ValueError(f"case must be LOADER:STRATEGY with LOADER in {', '.join(LOADERS)}, got {text!r}")
     allowed = STRATEGIES + (("released",) if loader == "openclip_style" else ())
     if strategy not in allowed:
         raise ValueError(f"strategy of {text!r} must be one of {', '.join(allowed)}")
-    return LoaderCase(loader, strategy)
+    return LoaderCase(loader, strategy, torch_threads)
 
 
 def make_loader(case: LoaderCase, settings: BenchSettings) -> Iterable[dict]:
@@ -154,21 +164,29 @@ def measure_loader(case: LoaderCase, settings: BenchSettings) -> Measurement:
     timed batches, because a new epoch would restart the open_clip-style
     workers inside the timed part.
     """
-    start = time.perf_counter()
-    loader = make_loader(case, settings)
-    batches = iter(loader)
-    for _ in range(settings.warmup):
-        _next_batch(batches, case)
-    warm = time.perf_counter()
+    import torch
 
-    images = 0
-    for _ in range(settings.batches):
-        images += len(_next_batch(batches, case)["image"])
-    end = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if case.torch_threads:
+        torch.set_num_threads(case.torch_threads)
+    try:
+        start = time.perf_counter()
+        loader = make_loader(case, settings)
+        batches = iter(loader)
+        for _ in range(settings.warmup):
+            _next_batch(batches, case)
+        warm = time.perf_counter()
 
-    # Stop DALI threads and DataLoader workers before the next case starts.
-    del batches, loader
-    gc.collect()
+        images = 0
+        for _ in range(settings.batches):
+            images += len(_next_batch(batches, case)["image"])
+        end = time.perf_counter()
+
+        # Stop DALI threads and DataLoader workers before the next case starts.
+        del batches, loader
+        gc.collect()
+    finally:
+        torch.set_num_threads(previous_threads)
     return Measurement(images / (end - warm), warm - start, images, end - warm)
 
 
@@ -282,6 +300,7 @@ def loader_rows(
                 "batch_size": settings.batch_size,
                 "image_size": settings.image_size,
                 "threads": settings.threads,
+                "torch_threads": case.torch_threads,
                 "device": settings.device,
                 "mask_ratio": 0.0 if case.strategy == "none" else settings.mask_ratio,
                 "batches": settings.batches,
@@ -300,6 +319,8 @@ def format_loader_rows(rows: Sequence[dict[str, Any]]) -> str:
     lines = [header, "-" * len(header)]
     for row in rows:
         label = f"{row['loader']}:{row['strategy']}"
+        if row.get("torch_threads"):
+            label += f"@{row['torch_threads']}"
         runs = ", ".join(f"{rate:.0f}" for rate in row["images_per_s_runs"])
         ratio = row["images_per_s"] / reference["images_per_s"]
         lines.append(
@@ -331,8 +352,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--cases",
         default=",".join(DEFAULT_CASES),
-        help="comma-separated LOADER:STRATEGY cases; the first is the reference of the ratios "
-        "(default: %(default)s)",
+        help="comma-separated LOADER:STRATEGY cases, each optionally with @N to run it with N "
+        "torch threads; the first is the reference of the ratios (default: %(default)s)",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="samples per batch (default: 64)")
     parser.add_argument("--image-size", type=int, default=224, help="image side in pixels (default: 224)")
