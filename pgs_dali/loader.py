@@ -19,6 +19,7 @@ data is delivered exactly once per epoch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -638,7 +639,8 @@ class PGSLoader:
             self._stats["padded"] += short
 
         pixels = (images * self._std + self._mean).clamp_(0.0, 1.0)
-        keep = keep_indices(pixels, self.config.mask, keys=keys, epoch=self._mask_epoch)
+        with _single_torch_thread(self.device.type == "cpu"):
+            keep = keep_indices(pixels, self.config.mask, keys=keys, epoch=self._mask_epoch)
         text = tokenize(self._tokenizer, captions)
         self._batches_done += 1
         self._stats["batches"] += 1
@@ -680,6 +682,25 @@ def _copy_stats(stats: dict[str, Any]) -> dict[str, Any]:
     copied["skipped"] = Counter(stats["skipped"])
     copied["skipped_samples"] = list(stats["skipped_samples"])
     return copied
+
+
+@contextlib.contextmanager
+def _single_torch_thread(enabled: bool) -> Iterator[None]:
+    """Run torch CPU ops on one thread inside the block, then restore the count.
+
+    NOTE: on the CPU, DALI's decoding threads already occupy the cores while
+    the mask op runs; torch's OpenMP threads competing with them cost about
+    15% of loader throughput (benchmarks/bench_loader.py, 2-core machine).
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _rank_share(total: int, rank: int, world_size: int) -> int:

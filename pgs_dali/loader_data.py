@@ -79,8 +79,10 @@ def prepare_shards(config: LoaderConfig) -> ShardSet:
 
 def _expand(data, on_error: str) -> tuple[list[str], list[str]]:
     """Expand shard patterns; under the skip policy, missing listed files are returned apart."""
-    if on_error == "raise" or not isinstance(data, (list, tuple)):
-        return expand_shard_paths(data), []
+    if isinstance(data, (str, os.PathLike)):
+        data = os.fspath(data).split("::")
+    if on_error == "raise" or len(data) == 1:
+        return expand_shard_paths(list(data)), []
     paths: list[str] = []
     missing: list[str] = []
     for item in data:

@@ -313,6 +313,13 @@ class TestBadSamples:
         with pytest.raises(FileNotFoundError, match="nope.tar"):
             build_loader(make_config(shards + [missing], on_error="raise"))
 
+    def test_missing_shard_in_joined_paths_is_skipped(self, shards, tmp_path):
+        joined = "::".join(shards + [str(tmp_path / "gone.tar")])
+        loader = build_loader(make_config(joined))
+
+        assert loader.summary()["excluded_by_index"]["shard not found"] == 1
+        assert len(collect_keys(loader)) == 21
+
     def test_pattern_matching_nothing(self, tmp_path):
         with pytest.raises(ValueError, match="no shard matches"):
             build_loader(make_config(str(tmp_path / "*.tar")))
@@ -349,6 +356,15 @@ class TestConfigErrors:
 
         with pytest.raises(ValueError, match="cannot be split over 3 ranks"):
             build_loader(make_config(paths, rank=0, world_size=3))
+
+
+def test_cli_error_is_one_line(tmp_path):
+    command = [sys.executable, "-m", "pgs_dali", "run", "--data", str(tmp_path / "*.tar"), "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("pgs-dali: error: no shard matches")
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow

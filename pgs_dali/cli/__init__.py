@@ -47,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
+        # Expected mistakes (bad settings, wrong paths, bad samples under
+        # --on-error raise) get one line; -v shows the traceback.
+        if args.verbose:
+            raise
+        print(f"pgs-dali: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

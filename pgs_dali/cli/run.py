@@ -53,15 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview_parser.add_argument("--out", required=True, metavar="PNG", help="output PNG file")
     preview_parser.set_defaults(func=preview)
 
+    for parser in (run_parser, demo_parser, preview_parser):
+        show_defaults(parser)
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default: X)" to the help of options whose default is a value."""
+    for action in parser._actions:
+        if action.help and "default" not in action.help and action.default not in (None, False, argparse.SUPPRESS):
+            action.help += " (default: %(default)s)"
+
 
 def add_loader_arguments(parser: argparse.ArgumentParser, data_required: bool = True, batch_size: int = 64) -> None:
     """Add the options that build a ``LoaderConfig`` and its ``MaskConfig``."""
     defaults = MaskConfig()
     if data_required:
         parser.add_argument(
-            "--data", required=True,
-            help="shards: a glob ('shards/*.tar'), brace pattern ('shards/{000000..000009}.tar') "
-            "or '::'-joined paths",
+            "--data", required=True, nargs="+", metavar="SHARDS",
+            help="shards: paths, a quoted glob ('shards/*.tar'), a brace pattern "
+            "('shards/{000000..000009}.tar') or '::'-joined paths",
         )
     group = parser.add_argument_group("loader")
     group.add_argument("--batch-size", type=int, default=batch_size, help="samples per batch (B)")
@@ -143,7 +153,12 @@ def loader_config_from_args(args: argparse.Namespace, data: Any, strategy: str |
 
 def run(args: argparse.Namespace) -> int:
     """Run the loader over ``args.data`` and print the summary."""
-    return _run_loader(args, args.data)
+    return _run_loader(args, data_argument(args.data))
+
+
+def data_argument(values: list[str]) -> str | list[str]:
+    """Return one ``--data`` value as is, several (a shell-expanded glob) as a list."""
+    return values[0] if len(values) == 1 else list(values)
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -224,6 +239,8 @@ def _run_loader(args: argparse.Namespace, data: Any) -> int:
         "patches": rows * cols,
         "strategy": config.mask.strategy,
         "mask_ratio": config.mask.mask_ratio,
+        # grid always masks 3 of 4 patches and none masks nothing.
+        "effective_mask_ratio": round(1 - (keep if keep is not None else rows * cols) / (rows * cols), 4),
         "batch_size": config.batch_size,
         "image_size": config.image_size,
         "device": str(loader.device),
@@ -247,7 +264,7 @@ def format_summary(report: dict[str, Any]) -> str:
         f"{report['image_size']} px images)",
         f"throughput        : {report['images_per_s']} images/s after the first batch "
         f"({report['elapsed_s']} s in all, {report['startup_s']} s to the first batch)",
-        f"mask              : {report['strategy']}, ratio {report['mask_ratio']}, "
+        f"mask              : {report['strategy']}, ratio {report['effective_mask_ratio']}, "
         f"keeps K={report['keep']} of N={report['patches']} patches",
         f"device            : {report['device']} (rank {report['rank']} of {report['world_size']})",
         f"padded / dropped  : {report['padded']} / {report['dropped']}",
@@ -278,7 +295,7 @@ def preview(args: argparse.Namespace) -> int:
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown:
         raise SystemExit(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
-    config = loader_config_from_args(args, args.data, strategy="none")
+    config = loader_config_from_args(args, data_argument(args.data), strategy="none")
     batch = next(iter(build_loader(config)))
     images = batch["image"][: args.count].float()
     keys = batch["key"][: args.count]
