@@ -114,6 +114,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     parser.add_argument("--seed", type=int, default=0, help="seed of the model, the shuffle and the masks")
     parser.add_argument("--workers", type=int, default=2, help="DALI CPU threads per rank")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads on the CPU (default: cores left after --workers, at least 1)",
+    )
     parser.add_argument("--device", default=None, help='"cpu", "cuda" (default: cuda if available)')
     parser.add_argument("--log-every", type=int, default=10, help="log the loss every N steps")
     parser.add_argument(
@@ -184,6 +190,12 @@ def train(args: argparse.Namespace, rank: int, world_size: int, device: torch.de
 
     pattern, temporary = prepare_data_pattern(args, rank)
 
+    if args.torch_threads is not None or not torch.cuda.is_available():
+        # DALI's decoder threads run beside the training step; torch's OpenMP
+        # threads competing with them for the same cores made steps about 20x
+        # slower on a 2-core machine.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(args.torch_threads or max(1, cores - args.workers))
     torch.manual_seed(args.seed)
     model = open_clip.CLIP(**small_clip_config(args.image_size, args.patch_size, args.width, args.layers))
     install_pgs(model)
