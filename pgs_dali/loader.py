@@ -27,7 +27,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -53,6 +53,9 @@ _ON_ERROR = ("skip", "raise")
 _LAST_BATCH = ("partial", "drop", "pad")
 _IMAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _STATE_VERSION = 1
+# Strategies whose masks depend on pixel values; the pipeline also outputs the
+# uint8 crop for them, so the mask op needs no un-normalizing pass.
+PIXEL_STRATEGIES = frozenset({"pgs", "cluster"})
 # The summary lists at most this many skipped samples by shard and key.
 _MAX_LISTED_SKIPS = 1000
 
@@ -212,27 +215,47 @@ def build_loader(config: LoaderConfig) -> PGSLoader:
     return PGSLoader(config)
 
 
+class _Images(NamedTuple):
+    """Rows of a batch: normalized images, and the uint8 pixels the mask reads."""
+
+    image: torch.Tensor
+    pixels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def rows(self, index) -> _Images:
+        return _Images(self.image[index], None if self.pixels is None else self.pixels[index])
+
+    @staticmethod
+    def cat(parts: Sequence[_Images]) -> _Images:
+        if len(parts) == 1:
+            return parts[0]
+        pixels = None if parts[0].pixels is None else torch.cat([p.pixels for p in parts])
+        return _Images(torch.cat([p.image for p in parts]), pixels)
+
+
 @dataclasses.dataclass
 class _Buffer:
     """Samples read from the pipeline but not yet delivered."""
 
-    images: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    images: list[_Images] = dataclasses.field(default_factory=list)
     captions: list[str] = dataclasses.field(default_factory=list)
     keys: list[str] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
 
-    def extend(self, images: torch.Tensor, captions: list[str], keys: list[str]) -> None:
+    def extend(self, images: _Images, captions: list[str], keys: list[str]) -> None:
         if keys:
             self.images.append(images)
             self.captions.extend(captions)
             self.keys.extend(keys)
 
-    def take(self, count: int) -> tuple[torch.Tensor, list[str], list[str]]:
-        images = torch.cat(self.images) if len(self.images) > 1 else self.images[0]
-        taken = (images[:count], self.captions[:count], self.keys[:count])
-        rest = images[count:]
+    def take(self, count: int) -> tuple[_Images, list[str], list[str]]:
+        images = _Images.cat(self.images)
+        taken = (images.rows(slice(None, count)), self.captions[:count], self.keys[:count])
+        rest = images.rows(slice(count, None))
         self.images = [rest] if len(rest) else []
         self.captions = self.captions[count:]
         self.keys = self.keys[count:]
@@ -291,6 +314,7 @@ class PGSLoader:
             shard_id=self.rank,
             num_shards=self.world_size,
             prefetch_queue_depth=config.prefetch_queue_depth,
+            emit_pixels=config.mask.strategy in PIXEL_STRATEGIES,
         )
 
         self._pipe = None
@@ -299,7 +323,7 @@ class PGSLoader:
         self._runs_done = 0
         self._batches_done = 0
         self._buffer = _Buffer()
-        self._pad_source: tuple[torch.Tensor, list[str], list[str]] | None = None
+        self._pad_source: tuple[_Images, list[str], list[str]] | None = None
         # Resume anchor: the pipeline checkpoint taken before the oldest run
         # whose samples are still (partly) in the buffer, with the counters as
         # they were then and how many of its valid samples were delivered since.
@@ -512,7 +536,9 @@ class PGSLoader:
                 "stats": _copy_stats(self._stats),
                 "delivered_since": self._replay_skip,
             }
-        images, captions, source_infos, status = self._run_pipeline(checkpoint)
+        outputs = self._run_pipeline(checkpoint)
+        images, captions, source_infos, status = outputs[:4]
+        pixels = outputs[4] if len(outputs) > 4 else None
 
         # The reader pads this rank's last run by repeating its last sample.
         real = min(self.config.batch_size, self.rank_samples - self._runs_done * self.config.batch_size)
@@ -544,7 +570,11 @@ class PGSLoader:
         if keep_rows:
             tensor = self._to_torch(images)
             rows = torch.tensor(keep_rows, device=tensor.device)
-            self._buffer.extend(tensor.index_select(0, rows), kept_captions, kept_keys)
+            selected = _Images(
+                tensor.index_select(0, rows),
+                None if pixels is None else self._to_torch(pixels).index_select(0, rows),
+            )
+            self._buffer.extend(selected, kept_captions, kept_keys)
         if not len(self._buffer):
             self._anchor = None
 
@@ -597,7 +627,8 @@ class PGSLoader:
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dense = images.as_tensor()
-            out = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+            dtype = torch.uint8 if np.dtype(dense.dtype) == np.uint8 else torch.float32
+            out = torch.empty(dense.shape(), dtype=dtype, device=self.device)
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
             return out
         # NOTE: DALI reuses its output buffers on the next run, so the caller
@@ -620,7 +651,7 @@ class PGSLoader:
         rows = [i % len(keys) for i in range(batch_size)]
         self._stats["padded"] += batch_size
         return self._finish_batch(
-            images[rows], [captions[i] for i in rows], [keys[i] for i in rows],
+            images.rows(rows), [captions[i] for i in rows], [keys[i] for i in rows],
             padded=torch.ones(batch_size, dtype=torch.bool),
         )
 
@@ -632,20 +663,22 @@ class PGSLoader:
             # Fill the last short batch with earlier samples of the epoch.
             source_images, source_captions, source_keys = self._pad_source
             rows = [i % len(source_keys) for i in range(short)]
-            images = torch.cat([images, source_images[rows]])
+            images = _Images.cat([images, source_images.rows(rows)])
             captions = captions + [source_captions[i] for i in rows]
             keys = keys + [source_keys[i] for i in rows]
             padded = torch.cat([padded, torch.ones(short, dtype=torch.bool)])
             self._stats["padded"] += short
 
-        pixels = (images * self._std + self._mean).clamp_(0.0, 1.0)
+        # Strategies that ignore pixel values get the normalized images, which
+        # have the right shape; the others read the pipeline's uint8 pixels.
+        pixels = images.pixels if images.pixels is not None else images.image
         with _single_torch_thread(self.device.type == "cpu"):
             keep = keep_indices(pixels, self.config.mask, keys=keys, epoch=self._mask_epoch)
         text = tokenize(self._tokenizer, captions)
         self._batches_done += 1
         self._stats["batches"] += 1
         return {
-            "image": images.to(_IMAGE_DTYPES[self.config.image_dtype]),
+            "image": images.image.to(_IMAGE_DTYPES[self.config.image_dtype]),
             "text": text.to(self.device, non_blocking=True),
             "keep_indices": keep,
             "key": keys,

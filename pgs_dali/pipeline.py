@@ -131,6 +131,7 @@ class PipelineSpec:
     shard_id: int
     num_shards: int
     prefetch_queue_depth: int
+    emit_pixels: bool = False
 
 
 def build_pipeline(
@@ -147,7 +148,9 @@ def build_pipeline(
     Returns:
         A built ``nvidia.dali.Pipeline`` with four outputs: images (B, 3, H, W)
         float32, caption bytes (variable length uint8), source info bytes, and
-        the validator status (B, 1) int32.
+        the validator status (B, 1) int32. With ``spec.emit_pixels`` a fifth
+        output holds the same crops as (B, 3, H, W) uint8 RGB, before
+        normalization.
     """
     from nvidia.dali import fn, pipeline_def, types
 
@@ -200,15 +203,21 @@ def build_pipeline(
             antialias=True,
         )
         mirror = fn.random.coin_flip(probability=0.5) if spec.horizontal_flip else 0
+        resized = images
         images = fn.crop_mirror_normalize(
-            images,
+            resized,
             dtype=types.FLOAT,
             output_layout="CHW",
             mean=[255.0 * m for m in spec.mean],
             std=[255.0 * s for s in spec.std],
             mirror=mirror,
         )
-        return images, captions, source_info, status
+        if not spec.emit_pixels:
+            return images, captions, source_info, status
+        pixels = fn.crop_mirror_normalize(
+            resized, dtype=types.UINT8, output_layout="CHW", mirror=mirror
+        )
+        return images, captions, source_info, status, pixels
 
     pipe = pipeline(checkpoint=checkpoint) if checkpoint is not None else pipeline()
     pipe.build()

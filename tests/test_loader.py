@@ -71,9 +71,23 @@ class TestContract:
         batch = next(iter(loader))
         mean = torch.tensor(config.mean).view(1, 3, 1, 1)
         std = torch.tensor(config.std).view(1, 3, 1, 1)
-        pixels = (batch["image"] * std + mean).clamp(0, 1)
+        # The pipeline normalizes uint8 crops, so un-normalizing and rounding
+        # gives back the exact pixels the mask op read.
+        pixels = (batch["image"] * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
 
         expected = keep_indices(pixels, config.mask, keys=batch["key"], epoch=3)
+
+        assert torch.equal(batch["keep_indices"], expected)
+
+    @pytest.mark.parametrize("strategy", ["cluster", "random", "none"])
+    def test_other_strategies_match_mask_op(self, shards, strategy):
+        config = make_config(shards, mask=MaskConfig(strategy=strategy, mask_ratio=0.25))
+        batch = next(iter(build_loader(config)))
+        mean = torch.tensor(config.mean).view(1, 3, 1, 1)
+        std = torch.tensor(config.std).view(1, 3, 1, 1)
+        pixels = (batch["image"] * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+        expected = keep_indices(pixels, config.mask, keys=batch["key"])
 
         assert torch.equal(batch["keep_indices"], expected)
 
