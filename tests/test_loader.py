@@ -289,6 +289,59 @@ class TestBadSamples:
         named = {(s["key"], s["reason"].split(" ")[0]) for s in summary["skipped_samples"]}
         assert ("trunc", "truncated") in named
 
+    def test_unusual_valid_images_are_delivered(self, tmp_path):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        def encode(image: Image.Image, fmt: str) -> bytes:
+            buffer = io.BytesIO()
+            image.save(buffer, format=fmt)
+            return buffer.getvalue()
+
+        rng = np.random.default_rng(0)
+        rgb = Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+        members = {
+            "tiny.png": encode(Image.new("RGB", (3, 2), (200, 30, 30)), "PNG"),
+            "onepixel.jpg": encode(Image.new("RGB", (1, 1), (10, 200, 30)), "JPEG"),
+            "wide.jpg": encode(rgb.resize((2000, 8)), "JPEG"),
+            "tall.jpg": encode(rgb.resize((6, 1500)), "JPEG"),
+            "gray.jpg": encode(rgb.convert("L"), "JPEG"),
+            "cmyk.jpg": encode(rgb.convert("CMYK"), "JPEG"),
+            "palette.png": encode(rgb.convert("P"), "PNG"),
+            "alpha.png": encode(rgb.convert("RGBA"), "PNG"),
+            "gray16.png": encode(Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)), "PNG"),
+            "lossy.webp": encode(rgb, "WEBP"),
+        }
+        tar_members = []
+        for name, data in members.items():
+            tar_members += [(name, data), (name.rsplit(".", 1)[0] + ".txt", f"an image {name}".encode())]
+        tar_members += [("long.jpg", photo_bytes(3)), ("long.txt", ("word " * 50_000).encode())]
+        path = write_raw_tar(tmp_path / "unusual.tar", tar_members)
+        loader = build_loader(make_config([path], batch_size=3))
+        keys = collect_keys(loader)
+
+        expected = [f"unusual/{name.rsplit('.', 1)[0]}" for name in members] + ["unusual/long"]
+        assert sorted(keys) == sorted(expected)
+        assert loader.summary()["skipped_total"] == 0
+
+    def test_truncated_last_tar_member(self, tmp_path):
+        members = []
+        for i in range(4):
+            members += [(f"ok{i}.jpg", photo_bytes(i)), (f"ok{i}.txt", f"fine {i}".encode())]
+        members += [("last.jpg", photo_bytes(50, size=(300, 200))), ("last.txt", b"cut off")]
+        path = Path(write_raw_tar(tmp_path / "cut.tar", members))
+        data = path.read_bytes()
+        # Cut inside the data of the last image member.
+        cut_at = data.index(b"last.jpg") + 512 + 300
+        path.write_bytes(data[:cut_at])
+        loader = build_loader(make_config([str(path)]))
+        keys = collect_keys(loader)
+
+        assert sorted(keys) == [f"cut/ok{i}" for i in range(4)]
+        assert sum(loader.summary()["excluded_by_index"].values()) >= 1
+
     def test_raise_policy_names_shard_key_and_reason(self, tmp_path):
         members = [("ok.jpg", photo_bytes(1)), ("ok.txt", b"fine"), ("zz.jpg", b"garbage"), ("zz.txt", b"x")]
         path = write_raw_tar(tmp_path / "bad.tar", members)
