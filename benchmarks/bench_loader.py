@@ -1,6 +1,6 @@
 """Loader throughput: pgs_dali (pgs, random, none) vs the open_clip-style loader.
 
-Usage: python benchmarks/bench_loader.py [--repeats 5] [--batch-size 64] [--device cpu]
+Usage: python benchmarks/bench_loader.py [--repeats 3] [--batch-size 64] [--device cpu]
 
 All cases read the same coco-mini shards (2000 samples, made by
 make_bench_shards.py) with the same number of CPU threads or workers, in
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, default=20, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=2000, help="shard samples (coco-mini repeated)")
     parser.add_argument("--name", default=None, help="result name (default: loader_throughput_<device>)")
     args = parser.parse_args(argv)

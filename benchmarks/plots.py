@@ -100,9 +100,9 @@ def plot_scaling(record: dict) -> plt.Figure:
                 for row in record["rows"]
                 if row["sweep"] == sweep and row["strategy"] == strategy and row.get("torch_threads") == threads
             )
-            label = f"pgs_dali:{strategy}" + (f", {threads} torch thread" if threads else "")
+            name = f"pgs_dali:{strategy}" + (f", {threads} torch thread" if threads else "")
             if points:
-                axis.plot(*zip(*points), style, marker="o", color=COLORS[strategy], label=label)
+                axis.plot(*zip(*points), style, marker="o", color=COLORS[strategy], label=name)
         axis.set_xlabel(label)
         axis.set_ylabel("images / s (median)")
         axis.grid(alpha=0.3)

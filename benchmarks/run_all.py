@@ -3,8 +3,10 @@
 Usage: python benchmarks/run_all.py [--skip NAME,...]
 
 Steps: shards, retention, tuning_steps, mask_op, loader, scaling, memory,
-profile, gallery, plots. On a 2-core machine the whole run takes about an
-hour, most of it in the loader scaling sweeps. The gallery step needs
+profile, gallery, plots, with the arguments behind the records in
+benchmarks/results. On an idle 2-core machine the whole run takes about
+half an hour (an estimate from the single steps), most of it in the loader
+scaling sweeps. The gallery step needs
 ``pgs-dali preview``. Stops at the first failing step.
 """
 
@@ -19,16 +21,22 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARDS = HERE.parent / "runs" / "bench-shards"
 
+# Each step is a list of script invocations (script name, then arguments),
+# the ones behind the records in benchmarks/results.
 STEPS = {
-    "shards": ["make_bench_shards.py"],
-    "retention": ["bench_retention.py"],
-    "tuning_steps": ["tuning_steps.py"],
-    "mask_op": ["bench_mask_op.py"],
-    "loader": ["bench_loader.py"],
-    "scaling": ["bench_scaling.py"],
-    "memory": ["memory_long_run.py"],
-    "profile": ["profile_loader.py"],
-    "plots": ["plots.py"],
+    "shards": [["make_bench_shards.py"]],
+    "retention": [["bench_retention.py"]],
+    "tuning_steps": [["tuning_steps.py"]],
+    "mask_op": [["bench_mask_op.py", "--repeats", "3", "--threads", "1"]],
+    "loader": [["bench_loader.py", "--repeats", "3"]],
+    "scaling": [["bench_scaling.py", "--repeats", "3"]],
+    "memory": [["memory_long_run.py", "--batches", "6000"]],
+    "profile": [
+        ["profile_loader.py", "--strategy", "none"],
+        ["profile_loader.py", "--strategy", "pgs", "--torch-threads", "1"],
+        ["profile_loader.py", "--strategy", "pgs", "--torch-threads", "2"],
+    ],
+    "plots": [["plots.py"]],
 }
 
 
@@ -38,7 +46,7 @@ def gallery_command() -> list[str]:
         sys.executable, "-m", "pgs_dali.cli", "preview",
         "--data", str(SHARDS / "coco-*.tar"),
         "--strategies", "random,gaussian,cluster,block,grid,pgs",
-        "--count", "6", "--mask-ratio", "0.5",
+        "--count", "6", "--batch-size", "16", "--mask-ratio", "0.5", "--device", "cpu",
         "--out", str(RESULTS / "gallery.png"),
     ]
 
@@ -56,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     for name in order:
         if name in skip:
             continue
-        command = gallery_command() if name == "gallery" else [sys.executable, str(HERE / STEPS[name][0])]
-        print(f"== {name}: {' '.join(command)}", flush=True)
-        status = subprocess.call(command, cwd=HERE)
-        if status != 0:
-            print(f"step {name} failed with exit status {status}", file=sys.stderr)
-            return status
+        if name == "gallery":
+            commands = [gallery_command()]
+        else:
+            commands = [[sys.executable, str(HERE / script), *arguments] for script, *arguments in STEPS[name]]
+        for command in commands:
+            print(f"== {name}: {' '.join(command)}", flush=True)
+            status = subprocess.call(command, cwd=HERE)
+            if status != 0:
+                print(f"step {name} failed with exit status {status}", file=sys.stderr)
+                return status
     return 0
 
 
