@@ -26,8 +26,12 @@ BATCH_SIZES = (32, 64, 128, 256, 512)
 IMAGE_SIZES = (160, 224, 288, 336)
 
 
-def mask_op(strategy: str, images: torch.Tensor, keys: list[str], mask_ratio: float):
-    """Return a no-argument callable that computes one batch of masks."""
+def mask_op(strategy: str, images: torch.Tensor, keys: list[str], mask_ratio: float, uint8: bool = False):
+    """Return a no-argument callable that computes one batch of masks.
+
+    With ``uint8`` the pgs_dali strategies get the batch as uint8 in [0, 255],
+    as the loader passes it; the released style always gets float32.
+    """
     from pgs_dali.baselines import released_style_keep_indices
     from pgs_dali.masking import keep_indices, sample_key_ids
     from pgs_dali.masking.config import MaskConfig
@@ -37,11 +41,12 @@ def mask_op(strategy: str, images: torch.Tensor, keys: list[str], mask_ratio: fl
         return lambda: released_style_keep_indices(images, mask_ratio, generator=generator)
     config = MaskConfig(strategy=strategy, mask_ratio=mask_ratio)
     key_ids = sample_key_ids(keys).to(images.device)
-    return lambda: keep_indices(images, config, keys=key_ids)
+    pixels = (images * 255).round().to(torch.uint8) if uint8 else images
+    return lambda: keep_indices(pixels, config, keys=key_ids)
 
 
 def measure_point(
-    sweep: str, batch_size: int, image_size: int, device: str, repeats: int, mask_ratio: float
+    sweep: str, batch_size: int, image_size: int, device: str, repeats: int, mask_ratio: float, uint8: bool = False
 ) -> list[dict]:
     """Time every strategy and the released style at one (batch, size) point."""
     from pgs_dali.cli.bench import interleaved_runs
@@ -49,7 +54,7 @@ def measure_point(
     images, keys = coco_photo_batch(batch_size, image_size)
     images = images.to(device)
     cases = list(STRATEGIES) + [RELEASED]
-    calls = {case: mask_op(case, images, keys, mask_ratio) for case in cases}
+    calls = {case: mask_op(case, images, keys, mask_ratio, uint8) for case in cases}
     runs = interleaved_runs(cases, lambda case: time_call(calls[case]), repeats)
     rows = []
     for case, timings in runs.items():
@@ -63,6 +68,7 @@ def measure_point(
                 "image_size": image_size,
                 "device": device,
                 "mask_ratio": mask_ratio,
+                "input": "float32" if case == RELEASED or not uint8 else "uint8",
                 "torch_threads": torch.get_num_threads(),
                 "ms_per_batch": round(1000 * wall, 3),
                 "cpu_ms_per_batch": round(1000 * cpu, 3),
@@ -94,17 +100,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="two small points only, for a smoke test")
     parser.add_argument("--name", default=None, help="result file name (default: mask_op_<device>)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--uint8", action="store_true", help="give pgs_dali's strategies uint8 input, as the loader does")
+    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)), help="batch sweep at 224 px")
+    parser.add_argument("--image-sizes", default=",".join(map(str, IMAGE_SIZES)), help="size sweep at batch 64")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    batch_sizes, image_sizes = (BATCH_SIZES, IMAGE_SIZES) if not args.quick else ((32,), (160,))
+    batch_sizes = [int(value) for value in args.batch_sizes.split(",") if value]
+    image_sizes = [int(value) for value in args.image_sizes.split(",") if value]
+    if args.quick:
+        batch_sizes, image_sizes = [32], [160]
     rows = []
     with torch.inference_mode():
         for batch_size in batch_sizes:
-            rows += measure_point("batch", batch_size, 224, args.device, args.repeats, args.mask_ratio)
+            rows += measure_point("batch", batch_size, 224, args.device, args.repeats, args.mask_ratio, args.uint8)
         for image_size in image_sizes:
-            rows += measure_point("size", 64, image_size, args.device, args.repeats, args.mask_ratio)
+            rows += measure_point("size", 64, image_size, args.device, args.repeats, args.mask_ratio, args.uint8)
 
     name = args.name or f"mask_op_{args.device.split(':')[0]}"
     path = write_result(
