@@ -27,7 +27,13 @@ STEPS = {
     "shards": [["make_bench_shards.py"]],
     "retention": [["bench_retention.py"]],
     "tuning_steps": [["tuning_steps.py"]],
-    "mask_op": [["bench_mask_op.py", "--repeats", "3", "--threads", "1"]],
+    "mask_op": [
+        ["bench_mask_op.py", "--repeats", "3", "--threads", "1"],
+        [
+            "bench_mask_op.py", "--repeats", "3", "--threads", "1", "--uint8",
+            "--batch-sizes", "32,64,128,256", "--image-sizes", "", "--name", "mask_op_cpu_uint8",
+        ],
+    ],
     "loader": [["bench_loader.py", "--repeats", "3"]],
     "scaling": [["bench_scaling.py", "--repeats", "3"]],
     "memory": [["memory_long_run.py", "--batches", "6000"]],
