@@ -465,7 +465,8 @@ class PGSLoader:
             self._pad_source = None
 
         while True:
-            batch = self._next_batch()
+            with _single_torch_thread(self.device.type == "cpu"):
+                batch = self._next_batch()
             if batch is None:
                 break
             # Close the pass before handing out its last batch, so a caller
@@ -672,8 +673,7 @@ class PGSLoader:
         # Strategies that ignore pixel values get the normalized images, which
         # have the right shape; the others read the pipeline's uint8 pixels.
         pixels = images.pixels if images.pixels is not None else images.image
-        with _single_torch_thread(self.device.type == "cpu"):
-            keep = keep_indices(pixels, self.config.mask, keys=keys, epoch=self._mask_epoch)
+        keep = keep_indices(pixels, self.config.mask, keys=keys, epoch=self._mask_epoch)
         text = tokenize(self._tokenizer, captions)
         self._batches_done += 1
         self._stats["batches"] += 1
@@ -722,8 +722,9 @@ def _single_torch_thread(enabled: bool) -> Iterator[None]:
     """Run torch CPU ops on one thread inside the block, then restore the count.
 
     NOTE: on the CPU, DALI's decoding threads already occupy the cores while
-    the mask op runs; torch's OpenMP threads competing with them cost about
-    15% of loader throughput (benchmarks/bench_loader.py, 2-core machine).
+    the loader copies batches and runs the mask op; torch's OpenMP threads
+    competing with them cost 17-27% of loader throughput with PGS
+    (benchmarks/bench_loader.py, 2-core machine, BENCHMARKS.md).
     """
     if not enabled:
         yield
