@@ -625,6 +625,8 @@ class PGSLoader:
 
     def _to_torch(self, images) -> torch.Tensor:
         if self.device.type == "cuda":
+            # NOTE: this branch has not run on a GPU yet; benchmarks/gpu_check.sh
+            # compares its keep indices with the CPU path.
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             dense = images.as_tensor()
