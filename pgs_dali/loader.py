@@ -13,7 +13,7 @@ epoch of batches, each a dict with
 
 Samples that cannot be used (undecodable image, missing or empty caption, ...)
 are skipped and counted by reason, or raise :class:`BadSampleError`, as
-``LoaderConfig.on_error`` says. Every other sample of the rank's part of the
+``LoaderConfig.on_error`` selects. Every other sample of the rank's part of the
 data is delivered exactly once per epoch.
 """
 
@@ -724,9 +724,9 @@ def _single_torch_thread(enabled: bool) -> Iterator[None]:
     """Run torch CPU ops on one thread inside the block, then restore the count.
 
     NOTE: on the CPU, DALI's decoding threads already occupy the cores while
-    the loader copies batches and runs the mask op; torch's OpenMP threads
+    the loader copies batches and runs the mask op. Torch's OpenMP threads
     competing with them cost 17-27% of loader throughput with PGS
-    (benchmarks/bench_loader.py, 2-core machine, BENCHMARKS.md).
+    (benchmarks/bench_loader.py on a 2-core machine, see BENCHMARKS.md).
     """
     if not enabled:
         yield

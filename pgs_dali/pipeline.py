@@ -149,7 +149,7 @@ def build_pipeline(
         A built ``nvidia.dali.Pipeline`` with four outputs: images (B, 3, H, W)
         float32, caption bytes (variable length uint8), source info bytes, and
         the validator status (B, 1) int32. With ``spec.emit_pixels`` a fifth
-        output holds the same crops as (B, 3, H, W) uint8 RGB, before
+        output contains the same crops as (B, 3, H, W) uint8 RGB, before
         normalization.
     """
     from nvidia.dali import fn, pipeline_def, types
@@ -174,9 +174,9 @@ def build_pipeline(
             random_shuffle=spec.shuffle_buffer > 0,
             initial_fill=max(spec.shuffle_buffer, 1),
             pad_last_batch=True,
-            # Each rank reads the same part of the data every epoch; without
-            # this DALI moves ranks to the next part after each pass, and the
-            # parts can differ in size by one sample.
+            # Each rank reads the same part of the data every epoch. Without
+            # this, DALI moves ranks to the next part after each pass, although
+            # the parts can differ in size by one sample.
             stick_to_shard=True,
             shard_id=spec.shard_id,
             num_shards=spec.num_shards,

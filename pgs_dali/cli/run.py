@@ -210,7 +210,7 @@ def _run_loader(args: argparse.Namespace, data: Any) -> int:
     progress.close()
 
     # The first batch includes pipeline start-up (index reading, DALI build,
-    # tokenizer load); the rate after it is what training sees.
+    # tokenizer load); the rate after it is the rate a training loop gets.
     steady_s = elapsed - first_batch_s
     steady_samples = samples - first_batch_samples
     if steady_samples > 0 and steady_s > 0:
